@@ -1,0 +1,355 @@
+//! Pool configuration and its consuming builder.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use r2d2::ManageConnection;
+
+use crate::backend::{Backend, IsValid};
+use crate::error::Error;
+use crate::event::{HandleEvent, NopEventHandler};
+use crate::observation::Lag;
+use crate::pool::MirrorPool;
+
+/// When the pool moves writers back to the primary after a failover.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Failback {
+    /// Stay on the mirror until [`MirrorPool::switch_over`] is called.
+    Manual,
+    /// Move back once the primary has been healthy for `after`.
+    ///
+    /// With a role-aware backend (PostgreSQL) the pool only ever serves writers from a
+    /// writable side: it follows the cluster when an operator moves the primary role back, and
+    /// never fails back to a diverged old primary.
+    Automatic {
+        /// How long the primary must have answered every heartbeat.
+        after: Duration,
+    },
+}
+
+/// Validated settings shared by the pool, its sub-pools and its monitor.
+#[derive(Clone, Debug)]
+pub(crate) struct Config {
+    pub max_size: u32,
+    pub min_idle: u32,
+    pub mirror_min_idle: u32,
+    pub connection_timeout: Duration,
+    pub idle_timeout: Option<Duration>,
+    pub max_lifetime: Option<Duration>,
+    pub test_on_check_out: bool,
+    pub validation_window: Duration,
+    pub heartbeat_interval: Duration,
+    pub heartbeat_timeout: Duration,
+    pub suspect_interval: Duration,
+    pub failure_threshold: u32,
+    pub min_switch_interval: Duration,
+    pub failback: Failback,
+    pub promote_on_failover: bool,
+    pub promotion_timeout: Duration,
+    pub verify_primary_failure: bool,
+    pub primary_silence_bound: Duration,
+    pub max_failover_lag: Option<Lag>,
+    pub allow_data_loss: bool,
+    pub reset_on_return: bool,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            max_size: 10,
+            min_idle: 2,
+            mirror_min_idle: 2,
+            connection_timeout: Duration::from_secs(30),
+            idle_timeout: Some(Duration::from_secs(600)),
+            max_lifetime: Some(Duration::from_secs(1800)),
+            test_on_check_out: true,
+            validation_window: Duration::from_millis(500),
+            heartbeat_interval: Duration::from_millis(250),
+            heartbeat_timeout: Duration::from_millis(200),
+            suspect_interval: Duration::from_millis(5),
+            failure_threshold: 3,
+            min_switch_interval: Duration::from_secs(5),
+            failback: Failback::Manual,
+            promote_on_failover: false,
+            promotion_timeout: Duration::from_secs(10),
+            verify_primary_failure: true,
+            primary_silence_bound: Duration::from_secs(5),
+            max_failover_lag: None,
+            allow_data_loss: false,
+            reset_on_return: false,
+        }
+    }
+}
+
+impl Config {
+    fn validate(&self) -> Result<(), Error> {
+        if self.max_size == 0 {
+            return Err(Error::config("max_size", "must be at least 1"));
+        }
+        if self.min_idle > self.max_size {
+            return Err(Error::config(
+                "min_idle",
+                format!(
+                    "({}) must not exceed max_size ({})",
+                    self.min_idle, self.max_size
+                ),
+            ));
+        }
+        if self.mirror_min_idle > self.max_size {
+            return Err(Error::config(
+                "mirror_min_idle",
+                format!(
+                    "({}) must not exceed max_size ({})",
+                    self.mirror_min_idle, self.max_size
+                ),
+            ));
+        }
+        let nonzero: [(&'static str, Duration); 7] = [
+            ("connection_timeout", self.connection_timeout),
+            ("heartbeat_interval", self.heartbeat_interval),
+            ("heartbeat_timeout", self.heartbeat_timeout),
+            ("suspect_interval", self.suspect_interval),
+            ("promotion_timeout", self.promotion_timeout),
+            ("primary_silence_bound", self.primary_silence_bound),
+            ("validation_window", self.validation_window),
+        ];
+        for (option, value) in nonzero {
+            if value.is_zero() {
+                return Err(Error::config(option, "must be greater than zero"));
+            }
+        }
+        for (option, value) in [
+            ("idle_timeout", self.idle_timeout),
+            ("max_lifetime", self.max_lifetime),
+        ] {
+            if value == Some(Duration::ZERO) {
+                return Err(Error::config(
+                    option,
+                    "must be greater than zero (use None to disable it)",
+                ));
+            }
+        }
+        if let Failback::Automatic { after } = self.failback {
+            if after.is_zero() {
+                return Err(Error::config(
+                    "failback",
+                    "Automatic { after } must be greater than zero",
+                ));
+            }
+        }
+        if self.failure_threshold == 0 {
+            return Err(Error::config("failure_threshold", "must be at least 1"));
+        }
+        Ok(())
+    }
+}
+
+/// A consuming builder for [`MirrorPool`]. Every option states its default.
+pub struct Builder<M: ManageConnection> {
+    config: Config,
+    event_handler: Arc<dyn HandleEvent>,
+    backend: Arc<dyn Backend<M>>,
+}
+
+impl<M: ManageConnection> fmt::Debug for Builder<M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Builder")
+            .field("config", &self.config)
+            .field("event_handler", &self.event_handler)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<M: ManageConnection> Default for Builder<M> {
+    fn default() -> Self {
+        Builder::new()
+    }
+}
+
+impl<M: ManageConnection> Builder<M> {
+    /// A builder with every option at its default.
+    pub fn new() -> Builder<M> {
+        Builder {
+            config: Config::default(),
+            event_handler: Arc::new(NopEventHandler),
+            backend: Arc::new(IsValid),
+        }
+    }
+
+    /// Maximum number of connections per side (open or being opened). Default: 10. Must be ≥ 1.
+    pub fn max_size(mut self, max_size: u32) -> Self {
+        self.config.max_size = max_size;
+        self
+    }
+
+    /// Idle connections the primary side keeps open. Default: 2. Must be ≤ `max_size`.
+    pub fn min_idle(mut self, min_idle: u32) -> Self {
+        self.config.min_idle = min_idle;
+        self
+    }
+
+    /// Idle connections the mirror side keeps open, so a switch needs no new connect.
+    /// Default: 2. Must be ≤ `max_size`.
+    pub fn mirror_min_idle(mut self, min_idle: u32) -> Self {
+        self.config.mirror_min_idle = min_idle;
+        self
+    }
+
+    /// How long `get()` waits for a connection. Default: 30 s. Must be > 0.
+    pub fn connection_timeout(mut self, timeout: Duration) -> Self {
+        self.config.connection_timeout = timeout;
+        self
+    }
+
+    /// Idle connections older than this are closed (checked every heartbeat interval).
+    /// Default: 10 min; `None` disables. Must be > 0.
+    pub fn idle_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.config.idle_timeout = timeout;
+        self
+    }
+
+    /// Connections older than this are closed when idle or returned. Default: 30 min;
+    /// `None` disables. Must be > 0.
+    pub fn max_lifetime(mut self, lifetime: Option<Duration>) -> Self {
+        self.config.max_lifetime = lifetime;
+        self
+    }
+
+    /// Whether a connection is validated (`ManageConnection::is_valid`) at checkout when it
+    /// was not used within `validation_window`. Default: true.
+    pub fn test_on_check_out(mut self, test: bool) -> Self {
+        self.config.test_on_check_out = test;
+        self
+    }
+
+    /// A connection returned this recently is handed out without validation; the heartbeat
+    /// covers the rest (HikariCP uses the same 500 ms). Measured on the pool's coarse clock,
+    /// which the monitor advances every `heartbeat_interval`; a connection idle for the whole
+    /// window is always validated. Default: 500 ms. Must be > 0.
+    pub fn validation_window(mut self, window: Duration) -> Self {
+        self.config.validation_window = window;
+        self
+    }
+
+    /// Time between two heartbeats of a healthy side. Default: 250 ms. Must be > 0.
+    pub fn heartbeat_interval(mut self, interval: Duration) -> Self {
+        self.config.heartbeat_interval = interval;
+        self
+    }
+
+    /// A heartbeat (including opening its connection) that takes longer fails. Default: 200 ms.
+    /// Must be > 0.
+    pub fn heartbeat_timeout(mut self, timeout: Duration) -> Self {
+        self.config.heartbeat_timeout = timeout;
+        self
+    }
+
+    /// Time between heartbeats while a side is suspect, or while the pool waits for a side to
+    /// become writable; also the least time between two probes asked for by callers.
+    /// Default: 5 ms. Must be > 0.
+    pub fn suspect_interval(mut self, interval: Duration) -> Self {
+        self.config.suspect_interval = interval;
+        self
+    }
+
+    /// Consecutive failed heartbeats that mark a side down. Default: 3. Must be ≥ 1.
+    pub fn failure_threshold(mut self, threshold: u32) -> Self {
+        self.config.failure_threshold = threshold;
+        self
+    }
+
+    /// Least time between two automatic switches, so a flapping side cannot cause ping-pong.
+    /// Default: 5 s (zero allowed).
+    pub fn min_switch_interval(mut self, interval: Duration) -> Self {
+        self.config.min_switch_interval = interval;
+        self
+    }
+
+    /// When to move back to the primary after a failover. Default: [`Failback::Manual`].
+    pub fn failback(mut self, failback: Failback) -> Self {
+        self.config.failback = failback;
+        self
+    }
+
+    /// Whether the pool promotes a read-only mirror when the primary fails (the backend must
+    /// support it). Default: false: the pool follows the cluster and serves writers from
+    /// whichever side reports writable.
+    pub fn promote_on_failover(mut self, promote: bool) -> Self {
+        self.config.promote_on_failover = promote;
+        self
+    }
+
+    /// How long a promotion may take before it counts as failed. Default: 10 s. Must be > 0.
+    pub fn promotion_timeout(mut self, timeout: Duration) -> Self {
+        self.config.promotion_timeout = timeout;
+        self
+    }
+
+    /// Before promoting, confirm through the mirror that it lost the primary too (its
+    /// replication link is down or silent for `primary_silence_bound`), so that a network cut
+    /// between this application and a live primary never creates a second primary.
+    /// Default: true.
+    pub fn verify_primary_failure(mut self, verify: bool) -> Self {
+        self.config.verify_primary_failure = verify;
+        self
+    }
+
+    /// With `verify_primary_failure`: how long the mirror must have heard nothing from the
+    /// primary while its link still looks up. Default: 5 s. Must be > 0. Keep it above the
+    /// mirror's own keep-alive period (PostgreSQL: half of `wal_receiver_timeout`).
+    pub fn primary_silence_bound(mut self, bound: Duration) -> Self {
+        self.config.primary_silence_bound = bound;
+        self
+    }
+
+    /// The pool does not fail over to a mirror whose last known lag exceeds this.
+    /// Default: `None` (no limit).
+    pub fn max_failover_lag(mut self, limit: Option<Lag>) -> Self {
+        self.config.max_failover_lag = limit;
+        self
+    }
+
+    /// Fail over even when the lag exceeds `max_failover_lag`, accepting lost writes.
+    /// Default: false.
+    pub fn allow_data_loss(mut self, allow: bool) -> Self {
+        self.config.allow_data_loss = allow;
+        self
+    }
+
+    /// Receives failover events. Default: a handler that ignores them (events are also logged
+    /// through the `log` crate).
+    pub fn event_handler(mut self, handler: Box<dyn HandleEvent>) -> Self {
+        self.event_handler = Arc::from(handler);
+        self
+    }
+
+    /// Database-specific heartbeats, promotion, error classification and session reset.
+    /// Default: [`IsValid`], which knows up/down only.
+    pub fn backend<B: Backend<M>>(mut self, backend: B) -> Self {
+        self.backend = Arc::new(backend);
+        self
+    }
+
+    /// Whether a returned connection's session is reset ([`Backend::reset`]; PostgreSQL:
+    /// `DISCARD ALL`) before reuse, so temporary tables, prepared statements and `SET`s do not
+    /// leak to the next borrower. Costs a round trip per return. Default: false.
+    pub fn reset_on_return(mut self, reset: bool) -> Self {
+        self.config.reset_on_return = reset;
+        self
+    }
+
+    /// Builds the pool and starts its monitor. Does not wait for connections: the mirror may
+    /// be down when the pool starts. Fails on invalid configuration, or if the operating
+    /// system refuses a thread.
+    pub fn build(self, primary: M, mirror: M) -> Result<MirrorPool<M>, Error> {
+        self.config.validate()?;
+        MirrorPool::start(
+            self.config,
+            primary,
+            mirror,
+            self.backend,
+            self.event_handler,
+        )
+    }
+}

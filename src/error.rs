@@ -1,0 +1,277 @@
+//! Error types.
+
+use std::error::Error as StdError;
+use std::fmt;
+use std::time::Duration;
+
+use crate::observation::Lag;
+use crate::side::Side;
+
+/// An error's message and the chain of its causes, captured so that it can be shared with
+/// every waiter and kept for status reports. `source()` walks the same chain as the original.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Cause {
+    message: String,
+    source: Option<Box<Cause>>,
+}
+
+impl Cause {
+    /// Captures `error` and its whole `source()` chain.
+    pub fn capture(error: &(dyn StdError + 'static)) -> Cause {
+        let mut messages = vec![error.to_string()];
+        let mut next = error.source();
+        // Bounded: a cyclic or absurdly deep chain must not loop forever.
+        while let Some(e) = next {
+            if messages.len() >= 16 {
+                break;
+            }
+            messages.push(e.to_string());
+            next = e.source();
+        }
+        let mut cause: Option<Box<Cause>> = None;
+        for message in messages.into_iter().rev() {
+            cause = Some(Box::new(Cause {
+                message,
+                source: cause,
+            }));
+        }
+        *cause.expect("at least one message")
+    }
+
+    /// A cause with a message only.
+    pub fn new(message: impl Into<String>) -> Cause {
+        Cause {
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// The top-level message, without its causes.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// The whole chain in one line: `message: cause: cause`, skipping repeated text.
+    pub fn chain(&self) -> String {
+        let mut out = self.message.clone();
+        let mut next = self.source.as_deref();
+        while let Some(c) = next {
+            if !out.contains(c.message.as_str()) {
+                out.push_str(": ");
+                out.push_str(&c.message);
+            }
+            next = c.source.as_deref();
+        }
+        out
+    }
+}
+
+impl fmt::Debug for Cause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.chain())
+    }
+}
+
+impl fmt::Display for Cause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl StdError for Cause {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        self.source
+            .as_deref()
+            .map(|c| c as &(dyn StdError + 'static))
+    }
+}
+
+/// Why the pool would not, or could not yet, move writers to a side.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Refusal {
+    /// The target side is down (or has not answered a heartbeat yet).
+    TargetDown,
+    /// The target is a read-only replica and the pool does not promote (or cannot).
+    TargetReadOnly,
+    /// The target is a fenced old primary: it diverged and must not receive writes.
+    TargetFenced,
+    /// The mirror is further behind than `max_failover_lag`; switching could lose writes.
+    LagTooHigh {
+        /// The mirror's last known lag.
+        lag: Lag,
+        /// The configured limit.
+        limit: Lag,
+    },
+    /// The mirror still receives from the primary: the primary is alive and only this
+    /// application lost it (a network cut). Promoting would create a second primary.
+    PrimaryStillStreaming,
+    /// The backend reports no replication link state, so a primary failure cannot be
+    /// verified before promoting (see `verify_primary_failure`).
+    CannotVerify,
+    /// The last switch was too recent (`min_switch_interval`).
+    TooSoon,
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Refusal::TargetDown => f.write_str("the target side is down"),
+            Refusal::TargetReadOnly => f.write_str(
+                "the target side is a read-only replica and promotion is off or unsupported",
+            ),
+            Refusal::TargetFenced => {
+                f.write_str("the target side is a fenced old primary that may have diverged")
+            }
+            Refusal::LagTooHigh { lag, limit } => write!(
+                f,
+                "the mirror's replication lag ({lag}) exceeds max_failover_lag ({limit}); switching could lose acknowledged writes"
+            ),
+            Refusal::PrimaryStillStreaming => f.write_str(
+                "the mirror still receives from the primary, so the primary is alive and only this application lost it; not promoting",
+            ),
+            Refusal::CannotVerify => f.write_str(
+                "the backend cannot tell whether the mirror lost the primary, so the primary failure cannot be verified",
+            ),
+            Refusal::TooSoon => f.write_str("the last switch was less than min_switch_interval ago"),
+        }
+    }
+}
+
+/// Why `get()` could not be served by the pool's active side.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Blocked {
+    /// Both sides are down.
+    BothDown,
+    /// No side takes writes (the primary is down or read-only and the mirror is a replica).
+    NoWritableSide,
+    /// The pool is promoting this side and waits until it accepts writes.
+    Promoting(Side),
+    /// A switch away from a failed side was refused.
+    Refused(Refusal),
+}
+
+impl fmt::Display for Blocked {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Blocked::BothDown => f.write_str("both sides are down"),
+            Blocked::NoWritableSide => f.write_str("no side accepts writes"),
+            Blocked::Promoting(side) => write!(f, "promoting the {side}"),
+            Blocked::Refused(r) => write!(f, "switch refused: {r}"),
+        }
+    }
+}
+
+/// The last error seen on one side, for error messages that name both sides.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SideReport {
+    /// The side.
+    pub side: Side,
+    /// Its health when the error was built.
+    pub health: crate::Health,
+    /// Its last heartbeat error, if any.
+    pub last_error: Option<Cause>,
+    /// Its last error opening or validating a pool connection, if any.
+    pub connect_error: Option<Cause>,
+}
+
+impl fmt::Display for SideReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} is {}", self.side, self.health)?;
+        match (&self.last_error, &self.connect_error) {
+            (Some(h), Some(c)) if h != c => {
+                write!(
+                    f,
+                    " (last error: {}; last connect error: {})",
+                    h.chain(),
+                    c.chain()
+                )
+            }
+            (Some(e), _) | (None, Some(e)) => write!(f, " (last error: {})", e.chain()),
+            (None, None) => Ok(()),
+        }
+    }
+}
+
+/// Errors returned by the pool.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A builder option has an invalid value.
+    #[error("invalid configuration: {option} {problem}")]
+    InvalidConfig {
+        /// The option's name.
+        option: &'static str,
+        /// What is wrong with it.
+        problem: String,
+    },
+    /// No connection became available on `side` before the deadline.
+    #[error("timed out after {waited:?} waiting for a connection to the {side}{}", cause_suffix(.cause))]
+    Timeout {
+        /// The side the caller waited on.
+        side: Side,
+        /// How long the caller waited.
+        waited: Duration,
+        /// The last error seen while connecting to or validating on that side.
+        #[source]
+        cause: Option<Cause>,
+    },
+    /// Neither side could serve writers before the deadline; names both sides and their last
+    /// errors.
+    #[error("no side could serve after {waited:?}: {blocked}; {primary}; {mirror}")]
+    Unavailable {
+        /// How long the caller waited.
+        waited: Duration,
+        /// What kept the pool from serving.
+        blocked: Blocked,
+        /// The primary's state and last error.
+        primary: Box<SideReport>,
+        /// The mirror's state and last error.
+        mirror: Box<SideReport>,
+    },
+    /// A side asked for explicitly is down.
+    #[error("the {side} is down{}", cause_suffix(.cause))]
+    SideDown {
+        /// The side.
+        side: Side,
+        /// Its last error.
+        #[source]
+        cause: Option<Cause>,
+    },
+    /// A manual switch was refused.
+    #[error("switch to the {to} refused: {reason}")]
+    SwitchRefused {
+        /// The side asked for.
+        to: Side,
+        /// Why.
+        reason: Refusal,
+    },
+    /// The pool has been shut down.
+    #[error("the pool is closed")]
+    Closed,
+    /// The operating system refused to start the monitor thread.
+    #[error("could not start the monitor thread")]
+    Spawn(#[source] std::io::Error),
+}
+
+fn cause_suffix(cause: &Option<Cause>) -> String {
+    match cause {
+        Some(c) => format!(": {}", c.chain()),
+        None => String::new(),
+    }
+}
+
+impl Error {
+    pub(crate) fn config(option: &'static str, problem: impl Into<String>) -> Error {
+        Error::InvalidConfig {
+            option,
+            problem: problem.into(),
+        }
+    }
+
+    /// Whether the caller gave up waiting (`Timeout` or `Unavailable`).
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, Error::Timeout { .. } | Error::Unavailable { .. })
+    }
+}

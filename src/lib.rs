@@ -1,0 +1,74 @@
+//! # mirrorpool
+//!
+//! A synchronous, r2d2-style connection pool over a **primary** database and its **mirror**
+//! (a replica kept up to date by the database's own replication) that fails over by itself.
+//!
+//! A monitor thread runs heartbeats on both sides. When the primary is dead, hung or
+//! unreachable for `failure_threshold` heartbeats in a row, the pool moves writers to the
+//! mirror (optionally promoting it), drains the demoted side's connections, and keeps
+//! serving: callers blocked in [`MirrorPool::get`] during the switch are served by the new
+//! side instead of getting an error.
+//!
+//! ```no_run
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # #[cfg(feature = "postgres")] {
+//! use mirrorpool::postgres::PostgresManager;
+//! use mirrorpool::MirrorPool;
+//!
+//! let pool = mirrorpool::postgres::builder()
+//!     .max_size(16)
+//!     .promote_on_failover(true)
+//!     .build(
+//!         PostgresManager::new("host=10.0.0.1 user=app dbname=app".parse()?, postgres::NoTls),
+//!         PostgresManager::new("host=10.0.0.2 user=app dbname=app".parse()?, postgres::NoTls),
+//!     )?;
+//! let mut conn = pool.get()?;
+//! conn.execute("INSERT INTO t VALUES (1)", &[])?;
+//! println!("{:?}", pool.status());
+//! # }
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Where things live: the failover decision is a pure state machine in `policy.rs` (no I/O,
+//! no clock reads); `monitor.rs` is the thread that feeds it and carries out its actions;
+//! `subpool.rs` holds one side's connections; `pool.rs` the handle and the connection guard.
+#![deny(missing_docs)]
+#![warn(rust_2018_idioms)]
+
+mod backend;
+mod clock;
+mod config;
+mod error;
+mod event;
+mod health;
+mod monitor;
+mod observation;
+mod policy;
+mod pool;
+mod prober;
+mod side;
+mod status;
+mod subpool;
+
+#[cfg(feature = "postgres")]
+pub mod postgres;
+
+#[cfg(feature = "testkit")]
+pub mod testkit;
+
+pub use backend::{Backend, Fault, IsValid};
+pub use config::{Builder, Failback};
+pub use error::{Blocked, Cause, Error, Refusal, SideReport};
+pub use event::{
+    DrainEvent, HandleEvent, HeartbeatFailureEvent, NopEventHandler, PromotionEvent, SideDownEvent,
+    SideUpEvent, SplitBrainEvent, SwitchEvent, SwitchReason, SwitchRefusedEvent,
+};
+pub use health::Health;
+pub use observation::{Lag, Observation, Replication, Role, Upstream};
+pub use pool::{MirrorPool, PooledConnection};
+pub use side::Side;
+pub use status::{SideStatus, Status, SwitchRecord};
+
+/// Re-exported so users need not depend on r2d2 to write a manager.
+pub use r2d2::ManageConnection;

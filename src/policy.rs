@@ -1,0 +1,733 @@
+//! The failover decision, as a pure state machine.
+//!
+//! Inputs are heartbeat outcomes, caller requests and the current instant; outputs are
+//! [`Action`]s for the monitor to carry out. Nothing here does I/O, reads a clock or sleeps,
+//! so every rule can be tested by feeding it a script of events (see `policy/tests.rs`).
+//!
+//! The rules, in the order [`Policy::decide`] applies them:
+//! 1. Both sides writable: split brain. Writers go to the newer primary (higher epoch, or the
+//!    side the pool promoted or followed); the other is fenced and reported.
+//! 2. The active side can take writes (not down, not fenced, not a replica): serve it.
+//! 3. Automatic failback (after a failover) to a primary healthy for `after`.
+//! 4. Otherwise move writers to the other side if it is up and writable, unless its lag is
+//!    over `max_failover_lag` or the last switch was within `min_switch_interval`.
+//! 5. Otherwise, with `promote_on_failover`, promote a replica whose peer is down, once the
+//!    replica confirms it lost the peer too.
+//! 6. Otherwise block writers and say why.
+
+use std::time::{Duration, Instant};
+
+use crate::config::{Config, Failback};
+use crate::error::{Blocked, Refusal};
+use crate::event::SwitchReason;
+use crate::health::Health;
+use crate::observation::{Lag, Observation, Role, Upstream};
+use crate::side::{PerSide, Side};
+
+/// What the monitor must do.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) enum Action {
+    /// Start a heartbeat on this side.
+    Probe(Side),
+    /// The heartbeat or promotion in flight took too long: give up on it and its connection.
+    Abandon(Side),
+    /// Promote this side to a writable primary.
+    Promote(Side),
+    /// The side's health changed.
+    Health {
+        side: Side,
+        health: Health,
+        failures: u32,
+        failing_for: Option<Duration>,
+        was_down: bool,
+    },
+    /// Writers move from `from` to `to`; `from` must be drained.
+    Switch {
+        from: Side,
+        to: Side,
+        reason: SwitchReason,
+        failing_for: Option<Duration>,
+    },
+    /// Where `get()` is served from changed: the active side, and whether (and why) writers
+    /// must wait.
+    Route {
+        active: Side,
+        blocked: Option<Blocked>,
+    },
+    /// A switch was refused (reported once per reason).
+    Refused { to: Side, reason: Refusal },
+    /// Both sides are writable; `fenced` gets no more writes.
+    SplitBrain { writer: Side, fenced: Side },
+}
+
+/// The outcome of one heartbeat.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) enum ProbeOutcome {
+    Up(Observation),
+    Failed,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Op {
+    Probe { started: Instant },
+    Promote { started: Instant },
+}
+
+#[derive(Clone, Debug)]
+pub(crate) struct SideState {
+    pub health: Health,
+    pub failures: u32,
+    failing_since: Option<Instant>,
+    up_since: Option<Instant>,
+    pub observation: Option<Observation>,
+    observed_at: Option<Instant>,
+    op: Option<Op>,
+    last_done: Option<Instant>,
+    last_started: Option<Instant>,
+    requested: Option<Instant>,
+}
+
+impl SideState {
+    fn new() -> SideState {
+        SideState {
+            health: Health::Unknown,
+            failures: 0,
+            failing_since: None,
+            up_since: None,
+            observation: None,
+            observed_at: None,
+            op: None,
+            last_done: None,
+            last_started: None,
+            requested: None,
+        }
+    }
+
+    fn role(&self) -> Role {
+        self.observation.map(|o| o.role()).unwrap_or_default()
+    }
+}
+
+enum Verification {
+    Verified,
+    Stale,
+    Streaming,
+    CannotVerify,
+}
+
+/// The failover state machine. See the module docs for its rules.
+#[derive(Clone, Debug)]
+pub(crate) struct Policy {
+    cfg: Config,
+    started: Instant,
+    sides: PerSide<SideState>,
+    active: Side,
+    blocked: Option<Blocked>,
+    last_switch: Option<Instant>,
+    failed_over: bool,
+    fenced: Option<Side>,
+    split_brain: bool,
+    last_refusal: Option<(Side, Refusal)>,
+    promoting: Option<Side>,
+    last_promote: Option<Instant>,
+    switches: u64,
+}
+
+impl Policy {
+    pub(crate) fn new(cfg: Config, now: Instant) -> Policy {
+        Policy {
+            cfg,
+            started: now,
+            sides: PerSide::new(SideState::new(), SideState::new()),
+            active: Side::Primary,
+            blocked: None,
+            last_switch: None,
+            failed_over: false,
+            fenced: None,
+            split_brain: false,
+            last_refusal: None,
+            promoting: None,
+            last_promote: None,
+            switches: 0,
+        }
+    }
+
+    // ----- read-only views -----
+
+    #[cfg(test)]
+    pub(crate) fn active(&self) -> Side {
+        self.active
+    }
+
+    pub(crate) fn blocked(&self) -> Option<&Blocked> {
+        self.blocked.as_ref()
+    }
+
+    pub(crate) fn side(&self, side: Side) -> &SideState {
+        &self.sides[side]
+    }
+
+    pub(crate) fn fenced(&self) -> Option<Side> {
+        self.fenced
+    }
+
+    pub(crate) fn split_brain(&self) -> bool {
+        self.split_brain
+    }
+
+    pub(crate) fn switches(&self) -> u64 {
+        self.switches
+    }
+
+    /// The side's last known replication lag if it exceeds `limit`, from what it reported as a
+    /// replica and what its peer reported about it as a primary. Used by the lag gate.
+    fn lag_over(&self, side: Side, limit: Lag) -> Option<Lag> {
+        [side, side.other()]
+            .iter()
+            .filter_map(|s| self.sides[*s].observation)
+            .filter_map(|o| o.replication_state().and_then(|r| r.exceeds(limit)))
+            .max()
+    }
+
+    // ----- inputs -----
+
+    /// Time passed: time out overdue operations, start due heartbeats, re-decide.
+    pub(crate) fn on_timer(&mut self, now: Instant, out: &mut Vec<Action>) {
+        for side in Side::BOTH {
+            match self.sides[side].op {
+                Some(Op::Probe { started }) if now >= started + self.cfg.heartbeat_timeout => {
+                    out.push(Action::Abandon(side));
+                    self.record_failure(side, started, now, out);
+                }
+                Some(Op::Promote { started }) if now >= started + self.cfg.promotion_timeout => {
+                    out.push(Action::Abandon(side));
+                    self.sides[side].op = None;
+                    self.sides[side].requested = Some(now);
+                }
+                _ => {}
+            }
+            if let Some(due) = self.probe_due(side) {
+                if now >= due {
+                    let st = &mut self.sides[side];
+                    st.op = Some(Op::Probe { started: now });
+                    st.last_started = Some(now);
+                    st.requested = None;
+                    out.push(Action::Probe(side));
+                }
+            }
+        }
+        self.decide(now, out);
+    }
+
+    /// A heartbeat finished. Results for a heartbeat that was abandoned are ignored.
+    pub(crate) fn on_probe_result(
+        &mut self,
+        side: Side,
+        outcome: ProbeOutcome,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) {
+        let Some(Op::Probe { started }) = self.sides[side].op else {
+            return;
+        };
+        match outcome {
+            ProbeOutcome::Up(obs) => self.record_up(side, obs, now, out),
+            ProbeOutcome::Failed => self.record_failure(side, started, now, out),
+        }
+        self.decide(now, out);
+    }
+
+    /// An abandoned heartbeat answered after all: the side is slow, not dead. Its failures
+    /// are forgiven, so an overloaded server is not failed over from; a hung one never answers.
+    pub(crate) fn on_late_answer(&mut self, side: Side, now: Instant, out: &mut Vec<Action>) {
+        let st = &mut self.sides[side];
+        if st.health != Health::Suspect {
+            return;
+        }
+        // The heartbeat in flight was queued behind the slow one: it starts only now.
+        if let Some(Op::Probe { .. }) = st.op {
+            st.op = Some(Op::Probe { started: now });
+        }
+        self.mark_up(side, now, out);
+        self.decide(now, out);
+    }
+
+    /// A caller failed to connect to or validate on `side`: probe it soon.
+    pub(crate) fn on_probe_requested(&mut self, side: Side, now: Instant) {
+        let st = &mut self.sides[side];
+        st.requested.get_or_insert(now);
+    }
+
+    /// A promotion finished (successfully or not). Either way the side is probed next, which
+    /// shows whether it now takes writes (another pool may have promoted it meanwhile).
+    pub(crate) fn on_promotion_result(
+        &mut self,
+        side: Side,
+        ok: bool,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) {
+        if !matches!(self.sides[side].op, Some(Op::Promote { .. })) {
+            return;
+        }
+        let st = &mut self.sides[side];
+        st.op = None;
+        st.requested = Some(now);
+        if !ok {
+            // Retry no sooner than a heartbeat interval from now (see `try_promote`).
+            self.last_promote = Some(now);
+        }
+        self.decide(now, out);
+    }
+
+    /// `switch_over(to)`: a planned switch. Ignores `min_switch_interval` (an operator asked)
+    /// but never moves writers to a side that is down, fenced or read-only.
+    pub(crate) fn manual_switch(
+        &mut self,
+        to: Side,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) -> Result<(), Refusal> {
+        if to != self.active {
+            let st = &self.sides[to];
+            if st.health != Health::Up {
+                return Err(Refusal::TargetDown);
+            }
+            if self.fenced == Some(to) {
+                return Err(Refusal::TargetFenced);
+            }
+            if st.role() == Role::ReadOnly {
+                return Err(Refusal::TargetReadOnly);
+            }
+            self.switch_to(to, SwitchReason::Manual, now, out);
+            self.failed_over = false;
+        }
+        self.decide(now, out);
+        Ok(())
+    }
+
+    /// When the monitor must call [`Policy::on_timer`] next.
+    pub(crate) fn next_deadline(&self, now: Instant) -> Instant {
+        let mut next = now + self.cfg.heartbeat_interval;
+        for side in Side::BOTH {
+            let st = &self.sides[side];
+            match st.op {
+                Some(Op::Probe { started }) => {
+                    next = next.min(started + self.cfg.heartbeat_timeout)
+                }
+                Some(Op::Promote { started }) => {
+                    next = next.min(started + self.cfg.promotion_timeout)
+                }
+                None => {}
+            }
+            if let Some(due) = self.probe_due(side) {
+                next = next.min(due);
+            }
+        }
+        // Timers that only matter while in the future.
+        let mut later = Vec::new();
+        if let Some(last) = self.last_switch {
+            later.push(last + self.cfg.min_switch_interval);
+        }
+        if let Some(last) = self.last_promote {
+            later.push(last + self.cfg.heartbeat_interval);
+        }
+        if let (Failback::Automatic { after }, Some(up)) =
+            (self.cfg.failback, self.sides[Side::Primary].up_since)
+        {
+            later.push(up + after);
+        }
+        for t in later {
+            if t > now {
+                next = next.min(t);
+            }
+        }
+        next
+    }
+
+    // ----- bookkeeping -----
+
+    fn probe_due(&self, side: Side) -> Option<Instant> {
+        let st = &self.sides[side];
+        if st.op.is_some() {
+            return None;
+        }
+        let Some(done) = st.last_done else {
+            return Some(self.started);
+        };
+        let mut due = done + self.probe_delay(side);
+        if let Some(asked) = st.requested {
+            // Caller requests speed probes up, but never beyond one per suspect interval.
+            let earliest = st
+                .last_started
+                .map_or(asked, |s| (s + self.cfg.suspect_interval).max(asked));
+            due = due.min(earliest);
+        }
+        Some(due)
+    }
+
+    /// Healthy sides are probed every interval; suspect ones quickly, to confirm a failure
+    /// fast; and while writers are blocked, every side that is not down quickly, so that a
+    /// promotion (ours or an orchestrator's) is seen at once.
+    fn probe_delay(&self, side: Side) -> Duration {
+        match self.sides[side].health {
+            Health::Suspect | Health::Unknown => self.cfg.suspect_interval,
+            Health::Down => self.cfg.heartbeat_interval,
+            // While writers wait, or the active side is failing, a fresh view of every live side
+            // decides how soon writers move (and an orchestrator's promotion is seen at once).
+            Health::Up
+                if self.blocked.is_some() || self.sides[self.active].health != Health::Up =>
+            {
+                self.cfg.suspect_interval
+            }
+            Health::Up => self.cfg.heartbeat_interval,
+        }
+    }
+
+    fn record_up(&mut self, side: Side, obs: Observation, now: Instant, out: &mut Vec<Action>) {
+        let st = &mut self.sides[side];
+        st.op = None;
+        st.last_done = Some(now);
+        st.observation = Some(obs);
+        st.observed_at = Some(now);
+        self.mark_up(side, now, out);
+    }
+
+    fn mark_up(&mut self, side: Side, now: Instant, out: &mut Vec<Action>) {
+        let st = &mut self.sides[side];
+        st.failures = 0;
+        st.failing_since = None;
+        if st.health != Health::Up {
+            let was_down = st.health == Health::Down;
+            st.health = Health::Up;
+            st.up_since = Some(now);
+            out.push(Action::Health {
+                side,
+                health: Health::Up,
+                failures: 0,
+                failing_for: None,
+                was_down,
+            });
+        }
+    }
+
+    fn record_failure(
+        &mut self,
+        side: Side,
+        started: Instant,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) {
+        let threshold = self.cfg.failure_threshold;
+        let st = &mut self.sides[side];
+        st.op = None;
+        st.last_done = Some(now);
+        st.failures = st.failures.saturating_add(1);
+        let since = *st.failing_since.get_or_insert(started);
+        st.up_since = None;
+        let health = if st.failures >= threshold {
+            Health::Down
+        } else {
+            Health::Suspect
+        };
+        // Every failure is reported (as a heartbeat failure); the health change only once.
+        out.push(Action::Health {
+            side,
+            health,
+            failures: st.failures,
+            failing_for: Some(now.saturating_duration_since(since)),
+            was_down: st.health == Health::Down,
+        });
+        st.health = health;
+    }
+
+    fn switch_to(&mut self, to: Side, reason: SwitchReason, now: Instant, out: &mut Vec<Action>) {
+        let from = self.active;
+        let failing_for = self.sides[from]
+            .failing_since
+            .map(|t| now.saturating_duration_since(t));
+        self.active = to;
+        self.last_switch = Some(now);
+        self.switches += 1;
+        self.failed_over = to == Side::Mirror && reason != SwitchReason::Manual;
+        out.push(Action::Switch {
+            from,
+            to,
+            reason,
+            failing_for,
+        });
+    }
+
+    // ----- the decision -----
+
+    /// Re-evaluates where writers go. Called after every input.
+    fn decide(&mut self, now: Instant, out: &mut Vec<Action>) {
+        let before = (self.active, self.blocked.clone());
+        self.check_split_brain(now, out);
+        let blocked = self.choose(now, out);
+        if !matches!(blocked, Some(Blocked::Refused(_))) {
+            self.last_refusal = None;
+        }
+        self.blocked = blocked;
+        if (self.active, self.blocked.clone()) != before {
+            out.push(Action::Route {
+                active: self.active,
+                blocked: self.blocked.clone(),
+            });
+        }
+    }
+
+    fn role(&self, side: Side) -> Role {
+        self.sides[side].role()
+    }
+
+    fn check_split_brain(&mut self, now: Instant, out: &mut Vec<Action>) {
+        let (p, m) = (Side::Primary, Side::Mirror);
+        let health = |s: Side| self.sides[s].health;
+        let live = |s: Side| matches!(health(s), Health::Up | Health::Suspect);
+        if self.role(p) == Role::Writable && self.role(m) == Role::Writable && live(p) && live(m) {
+            let epoch = |s: Side| self.sides[s].observation.and_then(|o| o.epoch_value());
+            let writer = match (epoch(p), epoch(m)) {
+                (Some(x), Some(y)) if x != y => {
+                    if x > y {
+                        p
+                    } else {
+                        m
+                    }
+                }
+                _ if self.fenced == Some(self.active) => self.active.other(),
+                _ => self.active,
+            };
+            let fenced = writer.other();
+            self.fenced = Some(fenced);
+            // Only two fresh answers prove two live primaries; a suspect side's claim may be
+            // from before it died (then a newer primary simply supersedes it).
+            let proven = health(p) == Health::Up && health(m) == Health::Up;
+            if proven && !self.split_brain {
+                self.split_brain = true;
+                out.push(Action::SplitBrain { writer, fenced });
+            }
+            if self.active != writer {
+                // Safety over rate limits: never keep writing to the older primary.
+                let reason = if proven {
+                    SwitchReason::SplitBrain
+                } else {
+                    SwitchReason::NewerPrimary
+                };
+                self.switch_to(writer, reason, now, out);
+            }
+            return;
+        }
+        self.split_brain = false;
+        // A fenced old primary that came back as a replica is safe again.
+        if let Some(f) = self.fenced {
+            let st = &self.sides[f];
+            if st.health == Health::Up && st.role() == Role::ReadOnly {
+                self.fenced = None;
+            }
+        }
+    }
+
+    /// Whether writers can be served from `side` right now.
+    fn takes_writes(&self, side: Side) -> bool {
+        let st = &self.sides[side];
+        st.health != Health::Down
+            && self.fenced != Some(side)
+            && match st.role() {
+                Role::ReadOnly => false,
+                Role::Writable => true,
+                // A side being promoted must show it is writable first.
+                Role::Unknown => self.promoting != Some(side),
+            }
+    }
+
+    /// Whether writers may move to `side`: it answered its last heartbeat and is not fenced.
+    fn may_move_to(&self, side: Side) -> bool {
+        self.sides[side].health == Health::Up && self.fenced != Some(side)
+    }
+
+    fn choose(&mut self, now: Instant, out: &mut Vec<Action>) -> Option<Blocked> {
+        let a = self.active;
+        let b = a.other();
+        let a_down = self.sides[a].health == Health::Down;
+
+        if self.takes_writes(a) {
+            if self.promoting == Some(a) && self.role(a) == Role::Writable {
+                self.promoting = None;
+            }
+            if let Some(back) = self.failback_due(now) {
+                self.switch_to(back, SwitchReason::Failback, now, out);
+            }
+            return None;
+        }
+
+        // Writers can't stay on `a`. Move to `b` if it takes writes as it is.
+        if self.may_move_to(b) && self.role(b) != Role::ReadOnly {
+            if a_down {
+                if let Some(r) = self.lag_refusal(b) {
+                    return self.refuse(b, r, out);
+                }
+            }
+            let fenced_a = self.fenced == Some(a);
+            if !fenced_a && !self.interval_passed(now) {
+                return self.refuse(b, Refusal::TooSoon, out);
+            }
+            let reason = if a_down {
+                SwitchReason::Failover
+            } else if fenced_a {
+                SwitchReason::SplitBrain
+            } else {
+                SwitchReason::RoleChange
+            };
+            // After a real promotion (the target is a known writable primary) the old primary
+            // is fenced: it must never get writes again unless it rejoins as a replica.
+            if a_down && self.role(b) == Role::Writable && self.role(a) == Role::Writable {
+                self.fenced = Some(a);
+            }
+            self.switch_to(b, reason, now, out);
+            return None;
+        }
+
+        if self.cfg.promote_on_failover {
+            for cand in [a, b] {
+                if let Some(blocked) = self.try_promote(cand, now, out) {
+                    return Some(blocked);
+                }
+            }
+        } else if self.sides[b].health == Health::Up && self.role(b) == Role::ReadOnly && a_down {
+            // Following the cluster: wait for an orchestrator to promote the mirror.
+            return Some(Blocked::NoWritableSide);
+        }
+
+        if a_down && self.sides[b].health == Health::Down {
+            Some(Blocked::BothDown)
+        } else {
+            Some(Blocked::NoWritableSide)
+        }
+    }
+
+    /// Promotes `cand` if it is a live replica whose peer is down and the failure is verified.
+    /// Returns what blocks writers meanwhile, or `None` if `cand` is no candidate.
+    fn try_promote(&mut self, cand: Side, now: Instant, out: &mut Vec<Action>) -> Option<Blocked> {
+        let peer = cand.other();
+        let st = &self.sides[cand];
+        if st.health != Health::Up
+            || st.role() != Role::ReadOnly
+            || self.fenced == Some(cand)
+            || self.sides[peer].health != Health::Down
+        {
+            return None;
+        }
+        if let Some(r) = self.lag_refusal(cand) {
+            return self.refuse(cand, r, out);
+        }
+        match self.verify_peer_lost(cand, peer) {
+            Verification::Verified => {}
+            Verification::Stale => {
+                self.sides[cand].requested.get_or_insert(now);
+                return Some(Blocked::NoWritableSide);
+            }
+            Verification::Streaming => {
+                return self.refuse(cand, Refusal::PrimaryStillStreaming, out)
+            }
+            Verification::CannotVerify => return self.refuse(cand, Refusal::CannotVerify, out),
+        }
+        if cand != self.active {
+            if !self.interval_passed(now) {
+                return self.refuse(cand, Refusal::TooSoon, out);
+            }
+            self.switch_to(cand, SwitchReason::Failover, now, out);
+        }
+        // The old primary must never get writes again unless it rejoins as a replica.
+        self.fenced = Some(peer);
+        self.promoting = Some(cand);
+        let retry_ok = self
+            .last_promote
+            .is_none_or(|t| now >= t + self.cfg.heartbeat_interval);
+        if self.sides[cand].op.is_none() && retry_ok {
+            self.sides[cand].op = Some(Op::Promote { started: now });
+            self.last_promote = Some(now);
+            out.push(Action::Promote(cand));
+        }
+        Some(Blocked::Promoting(cand))
+    }
+
+    fn verify_peer_lost(&self, cand: Side, peer: Side) -> Verification {
+        if !self.cfg.verify_primary_failure {
+            return Verification::Verified;
+        }
+        let st = &self.sides[cand];
+        // Only an observation made after the peer started failing says anything about it.
+        let fresh = match (st.observed_at, self.sides[peer].failing_since) {
+            (Some(seen), Some(failing)) => seen >= failing,
+            _ => false,
+        };
+        if !fresh {
+            return Verification::Stale;
+        }
+        let upstream = st
+            .observation
+            .and_then(|o| o.replication_state().and_then(|r| r.upstream));
+        match upstream {
+            None => Verification::CannotVerify,
+            Some(u) if !u.streaming => Verification::Verified,
+            Some(u) if u.silence.is_some_and(|s| s > self.silence_bound(&u)) => {
+                Verification::Verified
+            }
+            Some(_) => Verification::Streaming,
+        }
+    }
+
+    /// How long the mirror must have heard nothing for its primary to count as lost: never less
+    /// than the replica's own keep-alive bound, since a live idle primary may be that quiet.
+    fn silence_bound(&self, u: &Upstream) -> Duration {
+        match u.max_quiet {
+            Some(q) => q.max(self.cfg.primary_silence_bound),
+            None => self.cfg.primary_silence_bound,
+        }
+    }
+
+    fn lag_refusal(&self, to: Side) -> Option<Refusal> {
+        let limit = self.cfg.max_failover_lag?;
+        if self.cfg.allow_data_loss {
+            return None;
+        }
+        self.lag_over(to, limit)
+            .map(|lag| Refusal::LagTooHigh { lag, limit })
+    }
+
+    fn interval_passed(&self, now: Instant) -> bool {
+        self.last_switch
+            .is_none_or(|t| now >= t + self.cfg.min_switch_interval)
+    }
+
+    fn failback_due(&self, now: Instant) -> Option<Side> {
+        let Failback::Automatic { after } = self.cfg.failback else {
+            return None;
+        };
+        let p = &self.sides[Side::Primary];
+        let due = self.active == Side::Mirror
+            && self.failed_over
+            && p.health == Health::Up
+            && p.role() != Role::ReadOnly
+            && self.fenced != Some(Side::Primary)
+            && p.up_since.is_some_and(|t| now >= t + after)
+            && self.interval_passed(now);
+        due.then_some(Side::Primary)
+    }
+
+    fn refuse(&mut self, to: Side, reason: Refusal, out: &mut Vec<Action>) -> Option<Blocked> {
+        let key = (to, reason.clone());
+        if self.last_refusal.as_ref() != Some(&key) {
+            out.push(Action::Refused {
+                to,
+                reason: reason.clone(),
+            });
+            self.last_refusal = Some(key);
+        }
+        Some(Blocked::Refused(reason))
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,279 @@
+//! Prober threads: run heartbeats and promotions on a dedicated connection per side, so that a
+//! probe that hangs is abandoned by the monitor instead of awaited.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+use r2d2::ManageConnection;
+
+use crate::backend::Backend;
+use crate::error::Cause;
+use crate::observation::Observation;
+use crate::side::Side;
+
+/// At most this many abandoned (hung) prober threads per side; past it, probes fail at once
+/// instead of piling up threads against a server that never answers.
+const MAX_HUNG_PROBERS: usize = 4;
+
+/// A prober thread stuck in one call for this many heartbeat timeouts (and at least
+/// `MIN_REPLACE_AFTER`) is replaced by a fresh one with a fresh connection. Until then a timed
+/// out heartbeat is left running: a slow server's late answer then clears the failures, and no
+/// reconnect (far slower than a query) is forced on a server that is merely busy.
+const REPLACE_AFTER_TIMEOUTS: u32 = 5;
+const MIN_REPLACE_AFTER: Duration = Duration::from_secs(1);
+
+enum Job {
+    Probe { seq: u64 },
+    Promote { seq: u64 },
+}
+
+/// What a prober reports back to the monitor.
+pub(crate) enum Reply {
+    Probe {
+        side: Side,
+        seq: u64,
+        result: Result<Observation, Cause>,
+        rtt: Duration,
+    },
+    Promote {
+        side: Side,
+        seq: u64,
+        result: Result<(), Cause>,
+    },
+}
+
+/// One side's current prober thread, replaced when abandoned.
+pub(crate) struct Prober<M: ManageConnection> {
+    side: Side,
+    manager: Arc<M>,
+    backend: Arc<dyn Backend<M>>,
+    timeout: Duration,
+    promotion_timeout: Duration,
+    replies: Sender<Reply>,
+    jobs: Option<Sender<Job>>,
+    /// When the current thread started the call it is in, in ms since `epoch` (+1; 0: idle).
+    busy_since: Arc<AtomicU64>,
+    epoch: Instant,
+    live_threads: Arc<AtomicUsize>,
+    seq: u64,
+}
+
+impl<M: ManageConnection> Prober<M> {
+    pub(crate) fn new(
+        side: Side,
+        manager: Arc<M>,
+        backend: Arc<dyn Backend<M>>,
+        timeout: Duration,
+        promotion_timeout: Duration,
+        replies: Sender<Reply>,
+    ) -> Prober<M> {
+        Prober {
+            side,
+            manager,
+            backend,
+            timeout,
+            promotion_timeout,
+            replies,
+            jobs: None,
+            busy_since: Arc::new(AtomicU64::new(0)),
+            epoch: Instant::now(),
+            live_threads: Arc::new(AtomicUsize::new(0)),
+            seq: 0,
+        }
+    }
+
+    /// The sequence number of the job in flight; replies with another number are stale.
+    pub(crate) fn current(&self) -> u64 {
+        self.seq
+    }
+
+    pub(crate) fn probe(&mut self) {
+        self.seq += 1;
+        let seq = self.seq;
+        self.send(Job::Probe { seq });
+    }
+
+    pub(crate) fn promote(&mut self) {
+        self.seq += 1;
+        let seq = self.seq;
+        self.send(Job::Promote { seq });
+    }
+
+    /// Stops waiting for the job in flight: its reply, if it ever comes, counts as late. The
+    /// thread keeps its call (see `REPLACE_AFTER_TIMEOUTS`).
+    pub(crate) fn abandon(&mut self) {
+        self.seq += 1;
+    }
+
+    /// Whether the current thread has been stuck in one call for too long.
+    fn stuck(&self) -> bool {
+        let since = self.busy_since.load(Ordering::Acquire);
+        if since == 0 {
+            return false;
+        }
+        let limit = (self.timeout * REPLACE_AFTER_TIMEOUTS).max(MIN_REPLACE_AFTER);
+        let now_ms = self.epoch.elapsed().as_millis() as u64 + 1;
+        now_ms.saturating_sub(since) >= limit.as_millis() as u64
+    }
+
+    fn send(&mut self, job: Job) {
+        if self.jobs.is_some() && self.stuck() {
+            // Abandon the thread: it ends (dropping its connection) when its call returns.
+            self.jobs = None;
+        }
+        if self.jobs.is_none() {
+            self.jobs = self.spawn();
+        }
+        let failed = match &self.jobs {
+            // Never block the monitor. A job that finds another still queued behind a slow call
+            // is dropped: the policy times it out like a heartbeat that got no answer, while
+            // the slow call may still answer late.
+            Some(tx) => match tx.try_send(job) {
+                Ok(()) | Err(TrySendError::Full(_)) => None,
+                Err(TrySendError::Disconnected(job)) => {
+                    self.jobs = None;
+                    Some((job, "the heartbeat thread ended"))
+                }
+            },
+            None => Some((job, "earlier heartbeats are still hung")),
+        };
+        if let Some((job, why)) = failed {
+            let why = Cause::new(format!(
+                "heartbeat to the {} not run: {why} (at most {MAX_HUNG_PROBERS} hung heartbeat threads)",
+                self.side
+            ));
+            let reply = match job {
+                Job::Probe { seq } => Reply::Probe {
+                    side: self.side,
+                    seq,
+                    result: Err(why),
+                    rtt: Duration::ZERO,
+                },
+                Job::Promote { seq } => Reply::Promote {
+                    side: self.side,
+                    seq,
+                    result: Err(why),
+                },
+            };
+            let _ = self.replies.send(reply);
+        }
+    }
+
+    fn spawn(&mut self) -> Option<Sender<Job>> {
+        // One live thread is the current prober; more are hung ones.
+        if self.live_threads.load(Ordering::Acquire) > MAX_HUNG_PROBERS {
+            return None;
+        }
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        // Each thread has its own flag: an abandoned one keeps its own.
+        let busy_since = Arc::new(AtomicU64::new(0));
+        let worker = Worker {
+            busy_since: busy_since.clone(),
+            epoch: self.epoch,
+            side: self.side,
+            manager: self.manager.clone(),
+            backend: self.backend.clone(),
+            timeout: self.timeout,
+            promotion_timeout: self.promotion_timeout,
+            replies: self.replies.clone(),
+            live: self.live_threads.clone(),
+        };
+        self.live_threads.fetch_add(1, Ordering::AcqRel);
+        let spawned = thread::Builder::new()
+            .name(format!("mirrorpool-heartbeat-{}", self.side))
+            .spawn(move || worker.run(rx));
+        match spawned {
+            Ok(_) => {
+                self.busy_since = busy_since;
+                Some(tx)
+            }
+            Err(e) => {
+                self.live_threads.fetch_sub(1, Ordering::AcqRel);
+                log::error!(
+                    "could not start a heartbeat thread for the {}: {e}",
+                    self.side
+                );
+                None
+            }
+        }
+    }
+}
+
+struct Worker<M: ManageConnection> {
+    busy_since: Arc<AtomicU64>,
+    epoch: Instant,
+    side: Side,
+    manager: Arc<M>,
+    backend: Arc<dyn Backend<M>>,
+    timeout: Duration,
+    promotion_timeout: Duration,
+    replies: Sender<Reply>,
+    live: Arc<AtomicUsize>,
+}
+
+impl<M: ManageConnection> Worker<M> {
+    /// Runs `call` on the heartbeat connection, opening one if needed. A connection whose call
+    /// failed is dropped, so the next job starts from a fresh one.
+    fn with_conn<T>(
+        &self,
+        conn: &mut Option<M::Connection>,
+        call: impl FnOnce(&mut M::Connection) -> Result<T, Cause>,
+    ) -> Result<T, Cause> {
+        let mut c = match conn.take() {
+            Some(c) => c,
+            None => self.manager.connect().map_err(|e| Cause::capture(&e))?,
+        };
+        let result = call(&mut c);
+        if result.is_ok() {
+            *conn = Some(c);
+        }
+        result
+    }
+
+    fn run(self, jobs: Receiver<Job>) {
+        let mut conn: Option<M::Connection> = None;
+        // Ends when the monitor drops its sender (abandon or shutdown) or stops listening.
+        while let Ok(job) = jobs.recv() {
+            let started = Instant::now();
+            let ms = self.epoch.elapsed().as_millis() as u64 + 1;
+            self.busy_since.store(ms, Ordering::Release);
+            let reply = match job {
+                Job::Probe { seq } => {
+                    let result = self.with_conn(&mut conn, |c| {
+                        self.backend
+                            .probe(&self.manager, c, self.timeout)
+                            .map_err(|e| Cause::capture(&e))
+                    });
+                    Reply::Probe {
+                        side: self.side,
+                        seq,
+                        result,
+                        rtt: started.elapsed(),
+                    }
+                }
+                Job::Promote { seq } => Reply::Promote {
+                    side: self.side,
+                    seq,
+                    result: self.with_conn(&mut conn, |c| {
+                        match self
+                            .backend
+                            .promote(&self.manager, c, self.promotion_timeout)
+                        {
+                            Some(r) => r.map_err(|e| Cause::capture(&e)),
+                            None => Err(Cause::new("this backend cannot promote a replica")),
+                        }
+                    }),
+                },
+            };
+            self.busy_since.store(0, Ordering::Release);
+            if self.replies.send(reply).is_err() {
+                break;
+            }
+        }
+        drop(conn);
+        self.live.fetch_sub(1, Ordering::AcqRel);
+    }
+}

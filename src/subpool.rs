@@ -1,0 +1,555 @@
+//! One side's connections: an r2d2-style pool over a `ManageConnection`, with generations so a
+//! switch can drain it.
+//!
+//! Why not `r2d2::Pool`: it cannot drop its idle connections on demand, retries failed
+//! connects on a doubling backoff from 400 ms (most of an r2d2 failover's time), makes `get()`
+//! wait out its whole timeout when every connect is refused, keeps only the last error's text,
+//! and reads the clock five times per checkout. This one connects in the background without
+//! lockstep backoff chains, tells waiters about every connect failure (with its cause), reads
+//! no clock on the checkout path unless validation is on, and drains by generation.
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex};
+use r2d2::ManageConnection;
+
+use crossbeam_channel::Sender;
+
+use crate::backend::Backend;
+use crate::clock::CoarseClock;
+use crate::error::Cause;
+use crate::monitor::Command;
+use crate::side::Side;
+
+static NEXT_CONNECTION_ID: AtomicU64 = AtomicU64::new(1);
+
+/// A pooled connection with the bookkeeping the pool needs.
+pub(crate) struct Conn<M: ManageConnection> {
+    pub(crate) conn: M::Connection,
+    pub(crate) id: u64,
+    generation: u64,
+    created_ms: u64,
+    /// When it was last returned (or opened), on the coarse clock.
+    idle_since_ms: u64,
+}
+
+/// Per-side settings.
+#[derive(Clone, Debug)]
+pub(crate) struct SubPoolConfig {
+    pub max_size: u32,
+    pub min_idle: u32,
+    pub test_on_check_out: bool,
+    pub validation_window: Duration,
+    /// Granularity of the coarse clock (the monitor advances it at least this often).
+    pub clock_granularity: Duration,
+    pub idle_timeout: Option<Duration>,
+    pub max_lifetime: Option<Duration>,
+    /// Cap of the retry delay after failed connects.
+    pub max_retry_delay: Duration,
+    /// First retry delay after a failed connect.
+    pub min_retry_delay: Duration,
+    /// Reset sessions of returned connections ([`Backend::reset`]).
+    pub reset_on_return: bool,
+}
+
+// `repr(C)`: the fields every checkout and return touches come first, on one cache line
+// with the lock (see `SubPool`).
+#[repr(C)]
+struct Inner<M: ManageConnection> {
+    idle: Vec<Conn<M>>,
+    /// Connections that exist or are being opened: idle + checked out + pending.
+    open: u32,
+    waiters: u32,
+    generation: u64,
+    closed: bool,
+    pending: u32,
+    /// Checked-out connections of an older generation, still to be returned.
+    stale_out: u32,
+    error_seq: u64,
+    connect_failures: u32,
+    retry_at: Option<Instant>,
+    last_error: Option<Cause>,
+}
+
+/// Lock-free counters for status reports: metrics must never contend with checkouts.
+#[derive(Default)]
+pub(crate) struct Counters {
+    open: AtomicU32,
+    pending: AtomicU32,
+    waiters: AtomicU32,
+    stale_out: AtomicU32,
+    pub(crate) created: AtomicU64,
+    pub(crate) closed: AtomicU64,
+    pub(crate) connect_failures: AtomicU64,
+}
+
+/// A snapshot of one side's connection counts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Counts {
+    pub open: u32,
+    pub idle: u32,
+    pub pending: u32,
+    pub waiters: u32,
+    pub stale_out: u32,
+    pub created: u64,
+    pub closed: u64,
+    pub connect_failures: u64,
+}
+
+/// The result of one wait for a connection.
+pub(crate) enum Checkout<M: ManageConnection> {
+    Got(Conn<M>),
+    /// The pool's routing changed while waiting: re-read it.
+    Changed,
+    /// A connect or validation failed while waiting: ask for a probe, then wait again.
+    Failed,
+    TimedOut(Option<Cause>),
+    Closed,
+}
+
+// Cache-line aligned, with the idle count, the lock and the hot part of `Inner` first, so a
+// checkout or return moves as few cache lines between cores as it can.
+#[repr(C, align(64))]
+pub(crate) struct SubPool<M: ManageConnection> {
+    idle_count: AtomicU32,
+    inner: Mutex<Inner<M>>,
+    counters: Counters,
+    pub(crate) side: Side,
+    cond: Condvar,
+    pub(crate) manager: Arc<M>,
+    pub(crate) backend: Arc<dyn Backend<M>>,
+    commands: Sender<Command>,
+    cfg: SubPoolConfig,
+    clock: Arc<CoarseClock>,
+    me: Weak<SubPool<M>>,
+}
+
+impl<M: ManageConnection> SubPool<M> {
+    pub(crate) fn new(
+        side: Side,
+        manager: Arc<M>,
+        cfg: SubPoolConfig,
+        clock: Arc<CoarseClock>,
+        backend: Arc<dyn Backend<M>>,
+        commands: Sender<Command>,
+    ) -> Arc<SubPool<M>> {
+        Arc::new_cyclic(|me| SubPool {
+            idle_count: AtomicU32::new(0),
+            side,
+            manager,
+            backend,
+            commands,
+            cfg,
+            clock,
+            inner: Mutex::new(Inner {
+                idle: Vec::new(),
+                open: 0,
+                pending: 0,
+                generation: 0,
+                waiters: 0,
+                stale_out: 0,
+                last_error: None,
+                error_seq: 0,
+                connect_failures: 0,
+                retry_at: None,
+                closed: false,
+            }),
+            cond: Condvar::new(),
+            counters: Counters::default(),
+            me: me.clone(),
+        })
+    }
+
+    fn publish(&self, inner: &Inner<M>) {
+        let c = &self.counters;
+        c.open.store(inner.open, Ordering::Relaxed);
+        self.idle_count
+            .store(inner.idle.len() as u32, Ordering::Relaxed);
+        c.pending.store(inner.pending, Ordering::Relaxed);
+        c.waiters.store(inner.waiters, Ordering::Relaxed);
+        c.stale_out.store(inner.stale_out, Ordering::Relaxed);
+    }
+
+    pub(crate) fn counts(&self) -> Counts {
+        let c = &self.counters;
+        Counts {
+            open: c.open.load(Ordering::Relaxed),
+            idle: self.idle_count.load(Ordering::Relaxed),
+            pending: c.pending.load(Ordering::Relaxed),
+            waiters: c.waiters.load(Ordering::Relaxed),
+            stale_out: c.stale_out.load(Ordering::Relaxed),
+            created: c.created.load(Ordering::Relaxed),
+            closed: c.closed.load(Ordering::Relaxed),
+            connect_failures: c.connect_failures.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Asks the monitor to probe this side soon (a caller saw it fail).
+    /// Whether returned connections get their session reset.
+    pub(crate) fn resets_on_return(&self) -> bool {
+        self.cfg.reset_on_return
+    }
+
+    pub(crate) fn request_probe(&self) {
+        let _ = self.commands.try_send(Command::ProbeNow(self.side));
+    }
+
+    pub(crate) fn last_error(&self) -> Option<Cause> {
+        self.inner.lock().last_error.clone()
+    }
+
+    /// Takes an idle connection without waiting or connecting (`try_get`).
+    pub(crate) fn try_take(&self) -> Option<Conn<M>> {
+        let conn = {
+            let mut inner = self.inner.lock();
+            let conn = inner.idle.pop()?;
+            self.after_take(&mut inner);
+            conn
+        };
+        self.validated(conn).ok()
+    }
+
+    /// Waits until a connection is available, `version` stops matching `expected` (the pool's
+    /// routing changed), a connect fails, or `deadline` passes. The deadline is computed only
+    /// when the caller actually has to wait, so the fast path reads no clock.
+    pub(crate) fn checkout(
+        &self,
+        version: &AtomicU64,
+        expected: u64,
+        deadline: &mut Option<Instant>,
+        timeout: Duration,
+    ) -> Checkout<M> {
+        let mut inner = self.inner.lock();
+        let seen_errors = inner.error_seq;
+        loop {
+            if inner.closed {
+                return Checkout::Closed;
+            }
+            if version.load(Ordering::Acquire) != expected {
+                return Checkout::Changed;
+            }
+            if inner.error_seq != seen_errors {
+                return Checkout::Failed;
+            }
+            if let Some(conn) = inner.idle.pop() {
+                self.after_take(&mut inner);
+                drop(inner);
+                return match self.validated(conn) {
+                    Ok(conn) => Checkout::Got(conn),
+                    Err(()) => Checkout::Failed,
+                };
+            }
+            let now = Instant::now();
+            let deadline = *deadline.get_or_insert(now + timeout);
+            if now >= deadline {
+                return Checkout::TimedOut(inner.last_error.clone());
+            }
+            let mut wake = deadline;
+            if inner.open < self.cfg.max_size {
+                match inner.retry_at {
+                    Some(at) if at > now => wake = wake.min(at),
+                    _ => self.spawn_connect(&mut inner),
+                }
+            }
+            inner.waiters += 1;
+            self.publish(&inner);
+            self.cond.wait_until(&mut inner, wake);
+            inner.waiters -= 1;
+            self.publish(&inner);
+        }
+    }
+
+    /// Called with the lock held after a connection left the idle list.
+    fn after_take(&self, inner: &mut Inner<M>) {
+        // Keep `min_idle` warm, but never more connects than needed.
+        if (inner.idle.len() as u32 + inner.pending) < self.cfg.min_idle
+            && inner.open < self.cfg.max_size
+            && inner.retry_at.is_none()
+        {
+            self.spawn_connect(inner);
+            self.publish(inner);
+        } else {
+            // The hot path: only the idle count changed.
+            self.idle_count
+                .store(inner.idle.len() as u32, Ordering::Relaxed);
+        }
+    }
+
+    /// Validates a connection outside the lock if it was not used within the validation
+    /// window. A failed one is closed, its error recorded and waiters told.
+    fn validated(&self, mut conn: Conn<M>) -> Result<Conn<M>, ()> {
+        if !self.cfg.test_on_check_out {
+            return Ok(conn);
+        }
+        // The coarse clock may lag by up to its granularity, so count that against the window:
+        // a connection idle for the whole window is always validated. No clock read here.
+        let idle_ms = self.clock.now_ms().saturating_sub(conn.idle_since_ms);
+        let slack_ms = self.cfg.clock_granularity.as_millis() as u64;
+        if idle_ms + slack_ms < self.cfg.validation_window.as_millis() as u64 {
+            return Ok(conn);
+        }
+        match self.manager.is_valid(&mut conn.conn) {
+            Ok(()) => Ok(conn),
+            Err(e) => {
+                let cause = Cause::capture(&e);
+                log::debug!(
+                    "{} connection {} failed validation: {}",
+                    self.side,
+                    conn.id,
+                    cause.chain()
+                );
+                let mut inner = self.inner.lock();
+                inner.open -= 1;
+                inner.last_error = Some(cause);
+                inner.error_seq += 1;
+                self.publish(&inner);
+                drop(inner);
+                self.cond.notify_all();
+                self.counters.closed.fetch_add(1, Ordering::Relaxed);
+                close_in_background(vec![conn]);
+                Err(())
+            }
+        }
+    }
+
+    /// Reserves a slot and opens a connection on a thread of its own, so that a connect that
+    /// hangs never holds a caller past its deadline.
+    fn spawn_connect(&self, inner: &mut Inner<M>) {
+        inner.open += 1;
+        inner.pending += 1;
+        let generation = inner.generation;
+        let me = self.me.clone();
+        let manager = self.manager.clone();
+        let spawned = thread::Builder::new()
+            .name(format!("mirrorpool-connect-{}", self.side))
+            .spawn(move || {
+                let result = manager.connect();
+                if let Some(pool) = me.upgrade() {
+                    pool.finish_connect(result, generation);
+                }
+            });
+        if let Err(e) = spawned {
+            inner.open -= 1;
+            inner.pending -= 1;
+            inner.last_error = Some(Cause::new(format!("could not start a connect thread: {e}")));
+            inner.error_seq += 1;
+        }
+    }
+
+    fn finish_connect(&self, result: Result<M::Connection, M::Error>, generation: u64) {
+        let mut inner = self.inner.lock();
+        inner.pending -= 1;
+        match result {
+            Ok(conn) if generation == inner.generation && !inner.closed => {
+                self.counters.created.fetch_add(1, Ordering::Relaxed);
+                let now_ms = self.clock.now_ms();
+                inner.idle.push(Conn {
+                    conn,
+                    id: NEXT_CONNECTION_ID.fetch_add(1, Ordering::Relaxed),
+                    generation,
+                    created_ms: now_ms,
+                    idle_since_ms: now_ms,
+                });
+                inner.connect_failures = 0;
+                inner.retry_at = None;
+                self.publish(&inner);
+                drop(inner);
+                self.cond.notify_one();
+            }
+            Ok(conn) => {
+                // Opened for a generation that was drained meanwhile (or the pool closed).
+                inner.open -= 1;
+                self.publish(&inner);
+                drop(inner);
+                self.counters.created.fetch_add(1, Ordering::Relaxed);
+                self.counters.closed.fetch_add(1, Ordering::Relaxed);
+                drop(conn);
+            }
+            Err(e) => {
+                let cause = Cause::capture(&e);
+                log::debug!("connect to the {} failed: {}", self.side, cause.chain());
+                inner.open -= 1;
+                inner.last_error = Some(cause);
+                inner.error_seq += 1;
+                inner.connect_failures = inner.connect_failures.saturating_add(1);
+                let shift = inner.connect_failures.min(16) - 1;
+                let delay = self
+                    .cfg
+                    .min_retry_delay
+                    .saturating_mul(1 << shift)
+                    .min(self.cfg.max_retry_delay);
+                inner.retry_at = Some(Instant::now() + delay);
+                self.publish(&inner);
+                drop(inner);
+                self.counters
+                    .connect_failures
+                    .fetch_add(1, Ordering::Relaxed);
+                self.cond.notify_all();
+            }
+        }
+    }
+
+    /// Returns a connection. Stale (older generation), broken and expired connections are
+    /// closed instead of going back to the idle list.
+    pub(crate) fn checkin(&self, mut conn: Conn<M>, broken: bool) {
+        let now_ms = self.clock.now_ms();
+        let expired = self
+            .cfg
+            .max_lifetime
+            .is_some_and(|l| now_ms.saturating_sub(conn.created_ms) >= l.as_millis() as u64);
+        let mut inner = self.inner.lock();
+        let stale = conn.generation != inner.generation;
+        if stale || broken || expired || inner.closed {
+            inner.open -= 1;
+            if stale {
+                inner.stale_out = inner.stale_out.saturating_sub(1);
+            }
+            if !stale && !inner.closed {
+                self.after_take(&mut inner);
+            }
+            self.publish(&inner);
+            let waiters = inner.waiters > 0;
+            drop(inner);
+            if waiters {
+                // A slot freed up: a waiter may open a new connection.
+                self.cond.notify_one();
+            }
+            self.counters.closed.fetch_add(1, Ordering::Relaxed);
+            close_in_background(vec![conn]);
+            return;
+        }
+        conn.idle_since_ms = now_ms;
+        inner.idle.push(conn);
+        // The hot path: only the idle count changed.
+        self.idle_count
+            .store(inner.idle.len() as u32, Ordering::Relaxed);
+        let waiters = inner.waiters > 0;
+        drop(inner);
+        if waiters {
+            self.cond.notify_one();
+        }
+    }
+
+    /// Starts a new generation: every idle connection is returned for closing, checked-out
+    /// ones will be closed when returned, pending connects are discarded when they finish.
+    /// Connect backoff is reset so waiters retry at once.
+    pub(crate) fn drain(&self) -> Vec<Conn<M>> {
+        let mut inner = self.inner.lock();
+        inner.generation += 1;
+        let idle = std::mem::take(&mut inner.idle);
+        inner.open -= idle.len() as u32;
+        inner.stale_out = inner.open - inner.pending;
+        inner.connect_failures = 0;
+        inner.retry_at = None;
+        self.publish(&inner);
+        drop(inner);
+        self.cond.notify_all();
+        self.counters
+            .closed
+            .fetch_add(idle.len() as u64, Ordering::Relaxed);
+        idle
+    }
+
+    /// Wakes every waiter so it re-reads the pool's routing. Taking the lock orders this after
+    /// any waiter's version check, so no wake-up is lost.
+    pub(crate) fn wake_all(&self) {
+        drop(self.inner.lock());
+        self.cond.notify_all();
+    }
+
+    /// Waits (without connecting) until the routing version changes or `deadline` passes.
+    pub(crate) fn wait_for_change(&self, version: &AtomicU64, expected: u64, deadline: Instant) {
+        let mut inner = self.inner.lock();
+        while version.load(Ordering::Acquire) == expected && !inner.closed {
+            inner.waiters += 1;
+            self.publish(&inner);
+            let timed_out = self.cond.wait_until(&mut inner, deadline).timed_out();
+            inner.waiters -= 1;
+            self.publish(&inner);
+            if timed_out {
+                break;
+            }
+        }
+    }
+
+    /// The side answered heartbeats again: connect at once instead of after a backoff.
+    pub(crate) fn reset_backoff(&self) {
+        let mut inner = self.inner.lock();
+        inner.connect_failures = 0;
+        inner.retry_at = None;
+        drop(inner);
+        self.cond.notify_all();
+    }
+
+    /// Periodic upkeep: closes idle connections past their idle timeout (beyond `min_idle`) or
+    /// lifetime, and opens connections up to `min_idle` if `connect` allows.
+    pub(crate) fn maintain(&self, connect: bool) -> Vec<Conn<M>> {
+        let now_ms = self.clock.now_ms();
+        let mut inner = self.inner.lock();
+        let mut closed = Vec::new();
+        let lifetime = self.cfg.max_lifetime.map(|d| d.as_millis() as u64);
+        let idle_timeout = self.cfg.idle_timeout.map(|d| d.as_millis() as u64);
+        let min_idle = self.cfg.min_idle as usize;
+        let mut i = 0;
+        while i < inner.idle.len() {
+            let c = &inner.idle[i];
+            let too_old = lifetime.is_some_and(|l| now_ms.saturating_sub(c.created_ms) >= l);
+            let idle_long = idle_timeout
+                .is_some_and(|t| now_ms.saturating_sub(c.idle_since_ms) >= t)
+                && inner.idle.len() > min_idle;
+            if too_old || idle_long {
+                closed.push(inner.idle.swap_remove(i));
+            } else {
+                i += 1;
+            }
+        }
+        inner.open -= closed.len() as u32;
+        if connect {
+            let now = Instant::now();
+            while (inner.idle.len() as u32 + inner.pending) < self.cfg.min_idle
+                && inner.open < self.cfg.max_size
+                && inner.retry_at.is_none_or(|at| at <= now)
+            {
+                let before = inner.pending;
+                self.spawn_connect(&mut inner);
+                if inner.pending == before {
+                    break;
+                }
+            }
+        }
+        self.publish(&inner);
+        drop(inner);
+        self.counters
+            .closed
+            .fetch_add(closed.len() as u64, Ordering::Relaxed);
+        closed
+    }
+
+    /// Closes the sub-pool: returns every idle connection for closing and wakes all waiters.
+    pub(crate) fn close(&self) -> Vec<Conn<M>> {
+        let mut inner = self.inner.lock();
+        inner.closed = true;
+        inner.generation += 1;
+        let idle = std::mem::take(&mut inner.idle);
+        inner.open -= idle.len() as u32;
+        self.publish(&inner);
+        drop(inner);
+        self.cond.notify_all();
+        idle
+    }
+}
+
+/// Closes connections on a thread of their own: dropping a client with a request still
+/// unanswered (say, after a validation timeout) blocks until the server answers, which a hung
+/// server never does. Callers and the monitor must never wait for that.
+pub(crate) fn close_in_background<C: Send + 'static>(conns: Vec<C>) {
+    if conns.is_empty() {
+        return;
+    }
+    let _ = thread::Builder::new()
+        .name("mirrorpool-close".into())
+        .spawn(move || drop(conns));
+}

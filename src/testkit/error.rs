@@ -1,0 +1,215 @@
+//! The error type shared by every part of the test kit.
+
+use std::error::Error;
+use std::fmt;
+use std::io;
+use std::time::Duration;
+
+/// Everything that can go wrong while starting, driving or tearing down test
+/// infrastructure.
+///
+/// Messages are meant to be read by a human looking at a failed test: where a
+/// server or helper program is involved they carry the last lines of its log.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum TestkitError {
+    /// The PostgreSQL server binaries (`initdb`, `pg_ctl`, `postgres`,
+    /// `pg_basebackup`) could not be found.
+    BinariesNotFound {
+        /// Where the binaries were looked for.
+        searched: String,
+    },
+    /// The unprivileged OS user that PostgreSQL should run as (needed because
+    /// PostgreSQL refuses to run as root) does not exist.
+    UserNotFound {
+        /// The user name that was looked up.
+        user: String,
+    },
+    /// An operating-system level operation failed.
+    Io {
+        /// What was being done.
+        context: String,
+        /// The underlying error.
+        source: io::Error,
+    },
+    /// A helper program (`initdb`, `pg_basebackup`, `pg_ctl`) exited
+    /// unsuccessfully.
+    CommandFailed {
+        /// The program that failed.
+        command: String,
+        /// Its exit status.
+        status: String,
+        /// The last lines of its output.
+        output: String,
+    },
+    /// A helper program did not finish within its deadline and was killed.
+    CommandTimedOut {
+        /// The program that hung.
+        command: String,
+        /// The deadline it exceeded.
+        timeout: Duration,
+        /// The last lines of its output.
+        output: String,
+    },
+    /// A PostgreSQL server exited during start-up or did not accept
+    /// connections in time.
+    StartFailed {
+        /// Which server (`primary` or `mirror`).
+        server: String,
+        /// Why the start is considered failed.
+        reason: String,
+        /// The last lines of the server log.
+        log_tail: String,
+    },
+    /// Waiting for a condition exceeded its deadline.
+    Timeout {
+        /// What was being waited for.
+        what: String,
+        /// The deadline that was exceeded.
+        timeout: Duration,
+        /// The last error observed while waiting, if any.
+        last_error: Option<String>,
+    },
+    /// The operation needs a running server, but the server is not running.
+    NotRunning {
+        /// Which server.
+        server: String,
+    },
+    /// The server cannot be started because it is already running.
+    AlreadyRunning {
+        /// Which server.
+        server: String,
+    },
+    /// The server is paused (SIGSTOPped) by the test kit, so it cannot answer;
+    /// call `resume` first.
+    Paused {
+        /// Which server.
+        server: String,
+    },
+    /// A `postgresql.conf` setting given to the builder is malformed.
+    InvalidSetting {
+        /// The setting name.
+        name: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A query returned something other than what the helper expects.
+    UnexpectedResult {
+        /// Which helper or query.
+        what: String,
+        /// What was returned instead.
+        detail: String,
+    },
+    /// A PostgreSQL client operation failed.
+    #[cfg(feature = "postgres")]
+    Postgres {
+        /// What was being done.
+        context: String,
+        /// The underlying client error.
+        source: ::postgres::Error,
+    },
+}
+
+impl TestkitError {
+    pub(crate) fn io(context: impl Into<String>, source: io::Error) -> Self {
+        TestkitError::Io {
+            context: context.into(),
+            source,
+        }
+    }
+}
+
+fn tail_suffix(label: &str, text: &str) -> String {
+    if text.trim().is_empty() {
+        String::new()
+    } else {
+        format!("\n--- {label} ---\n{}", text.trim_end())
+    }
+}
+
+impl fmt::Display for TestkitError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TestkitError::BinariesNotFound { searched } => write!(
+                f,
+                "PostgreSQL server binaries (initdb, pg_ctl, postgres, pg_basebackup) not found \
+                 (searched {searched}): install them with `apt-get install postgresql` or set \
+                 MIRRORPOOL_PG_BIN to the directory that contains them"
+            ),
+            TestkitError::UserNotFound { user } => write!(
+                f,
+                "OS user `{user}` does not exist; PostgreSQL refuses to run as root, so the test \
+                 kit runs it as an unprivileged user: create it (e.g. `useradd --system {user}`) \
+                 or set MIRRORPOOL_TESTKIT_USER to an existing one"
+            ),
+            TestkitError::Io { context, source } => write!(f, "{context}: {source}"),
+            TestkitError::CommandFailed {
+                command,
+                status,
+                output,
+            } => write!(
+                f,
+                "`{command}` failed ({status}){}",
+                tail_suffix("output", output)
+            ),
+            TestkitError::CommandTimedOut {
+                command,
+                timeout,
+                output,
+            } => write!(
+                f,
+                "`{command}` did not finish within {timeout:?} and was killed{}",
+                tail_suffix("output", output)
+            ),
+            TestkitError::StartFailed {
+                server,
+                reason,
+                log_tail,
+            } => write!(
+                f,
+                "PostgreSQL {server} failed to start: {reason}{}",
+                tail_suffix("server log", log_tail)
+            ),
+            TestkitError::Timeout {
+                what,
+                timeout,
+                last_error,
+            } => {
+                write!(f, "timed out after {timeout:?} waiting for {what}")?;
+                if let Some(e) = last_error {
+                    write!(f, " (last error: {e})")?;
+                }
+                Ok(())
+            }
+            TestkitError::NotRunning { server } => {
+                write!(f, "PostgreSQL {server} is not running")
+            }
+            TestkitError::AlreadyRunning { server } => {
+                write!(f, "PostgreSQL {server} is already running")
+            }
+            TestkitError::Paused { server } => write!(
+                f,
+                "PostgreSQL {server} is paused (SIGSTOP); resume it before querying it"
+            ),
+            TestkitError::InvalidSetting { name, reason } => {
+                write!(f, "invalid postgresql.conf setting `{name}`: {reason}")
+            }
+            TestkitError::UnexpectedResult { what, detail } => {
+                write!(f, "unexpected result from {what}: {detail}")
+            }
+            #[cfg(feature = "postgres")]
+            TestkitError::Postgres { context, source } => write!(f, "{context}: {source}"),
+        }
+    }
+}
+
+impl Error for TestkitError {
+    fn source(&self) -> Option<&(dyn Error + 'static)> {
+        match self {
+            TestkitError::Io { source, .. } => Some(source),
+            #[cfg(feature = "postgres")]
+            TestkitError::Postgres { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}

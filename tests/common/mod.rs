@@ -1,0 +1,333 @@
+//! A scripted in-memory `ManageConnection` for testing the pool logic: its connections can be
+//! made to fail, hang or break on command, which a real server cannot do with exact timing.
+#![allow(dead_code)]
+
+use std::error::Error as StdError;
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mirrorpool::{Backend, ManageConnection, Observation, Replication, Role, Upstream};
+use parking_lot::{Condvar, Mutex};
+
+/// How a scripted server behaves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Answers everything.
+    Up,
+    /// Refuses connects and fails every call at once.
+    Refuse,
+    /// Never answers: connects and calls block until the mode changes (bounded at 20 s).
+    Hang,
+}
+
+#[derive(Debug)]
+struct State {
+    mode: Mode,
+    role: Role,
+    /// Connections born before this epoch are broken.
+    break_before: u64,
+    epoch: u64,
+    upstream_streaming: Option<bool>,
+    lag_bytes: Option<u64>,
+    /// Make only heartbeats (probes) hang, not pool connects.
+    hang_probes: bool,
+    /// Heartbeats answer only after this long (a busy server).
+    probe_delay: Duration,
+    promotions: u32,
+    validations: u64,
+}
+
+/// One scripted server, shared by its manager, its connections and the test.
+#[derive(Debug)]
+pub struct Server {
+    pub name: &'static str,
+    state: Mutex<State>,
+    changed: Condvar,
+    open: AtomicU64,
+    connects: AtomicU64,
+    next_id: AtomicU64,
+}
+
+impl Server {
+    pub fn new(name: &'static str) -> Arc<Server> {
+        Arc::new(Server {
+            name,
+            state: Mutex::new(State {
+                mode: Mode::Up,
+                role: Role::Unknown,
+                break_before: 0,
+                epoch: 1,
+                upstream_streaming: None,
+                lag_bytes: None,
+                hang_probes: false,
+                probe_delay: Duration::ZERO,
+                promotions: 0,
+                validations: 0,
+            }),
+            changed: Condvar::new(),
+            open: AtomicU64::new(0),
+            connects: AtomicU64::new(0),
+            next_id: AtomicU64::new(1),
+        })
+    }
+
+    pub fn set_mode(&self, mode: Mode) {
+        self.state.lock().mode = mode;
+        self.changed.notify_all();
+    }
+
+    pub fn mode(&self) -> Mode {
+        self.state.lock().mode
+    }
+
+    pub fn set_role(&self, role: Role) {
+        self.state.lock().role = role;
+    }
+
+    pub fn set_epoch(&self, epoch: u64) {
+        self.state.lock().epoch = epoch;
+    }
+
+    pub fn set_upstream_streaming(&self, streaming: Option<bool>) {
+        self.state.lock().upstream_streaming = streaming;
+    }
+
+    pub fn set_lag_bytes(&self, lag: Option<u64>) {
+        self.state.lock().lag_bytes = lag;
+    }
+
+    pub fn set_probe_delay(&self, delay: Duration) {
+        self.state.lock().probe_delay = delay;
+    }
+
+    pub fn set_hang_probes(&self, hang: bool) {
+        self.state.lock().hang_probes = hang;
+        self.changed.notify_all();
+    }
+
+    /// Breaks every connection that exists now (they report `has_broken`).
+    pub fn break_connections(&self) {
+        let mut s = self.state.lock();
+        s.break_before = self.next_id.load(Ordering::SeqCst);
+    }
+
+    pub fn open_connections(&self) -> u64 {
+        self.open.load(Ordering::SeqCst)
+    }
+
+    /// The id the next connection will get (ids grow by one per connect).
+    pub fn next_id(&self) -> u64 {
+        self.next_id.load(Ordering::SeqCst)
+    }
+
+    pub fn connects(&self) -> u64 {
+        self.connects.load(Ordering::SeqCst)
+    }
+
+    pub fn promotions(&self) -> u32 {
+        self.state.lock().promotions
+    }
+
+    pub fn validations(&self) -> u64 {
+        self.state.lock().validations
+    }
+
+    /// Blocks while the server hangs; errors if it refuses.
+    fn answer(&self, probe: bool) -> Result<(), ScriptError> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut s = self.state.lock();
+        loop {
+            let hang = s.mode == Mode::Hang || (probe && s.hang_probes);
+            if !hang {
+                break;
+            }
+            if self.changed.wait_until(&mut s, deadline).timed_out() {
+                return Err(ScriptError::new(self.name, "timed out (script bound)"));
+            }
+        }
+        match s.mode {
+            Mode::Up => Ok(()),
+            _ => Err(ScriptError::new(self.name, "connection refused")),
+        }
+    }
+}
+
+/// An error from a scripted server, with a cause chain like a real driver's.
+#[derive(Debug)]
+pub struct ScriptError {
+    server: &'static str,
+    cause: std::io::Error,
+}
+
+impl ScriptError {
+    fn new(server: &'static str, what: &str) -> ScriptError {
+        ScriptError {
+            server,
+            cause: std::io::Error::other(what.to_string()),
+        }
+    }
+}
+
+impl fmt::Display for ScriptError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "error talking to {}", self.server)
+    }
+}
+
+impl StdError for ScriptError {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        Some(&self.cause)
+    }
+}
+
+#[derive(Debug)]
+pub struct Conn {
+    pub id: u64,
+    pub server: &'static str,
+    srv: Arc<Server>,
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        self.srv.open.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Manager(pub Arc<Server>);
+
+impl ManageConnection for Manager {
+    type Connection = Conn;
+    type Error = ScriptError;
+
+    fn connect(&self) -> Result<Conn, ScriptError> {
+        self.0.answer(false)?;
+        self.0.connects.fetch_add(1, Ordering::SeqCst);
+        self.0.open.fetch_add(1, Ordering::SeqCst);
+        Ok(Conn {
+            id: self.0.next_id.fetch_add(1, Ordering::SeqCst),
+            server: self.0.name,
+            srv: self.0.clone(),
+        })
+    }
+
+    fn is_valid(&self, conn: &mut Conn) -> Result<(), ScriptError> {
+        self.0.state.lock().validations += 1;
+        if conn.id < self.0.state.lock().break_before {
+            return Err(ScriptError::new(self.0.name, "connection reset"));
+        }
+        self.0.answer(false)
+    }
+
+    fn has_broken(&self, conn: &mut Conn) -> bool {
+        conn.id < self.0.state.lock().break_before
+    }
+}
+
+/// A role-aware heartbeat for scripted servers, like the PostgreSQL backend's.
+#[derive(Debug, Default)]
+pub struct ScriptedBackend;
+
+impl Backend<Manager> for ScriptedBackend {
+    fn classify(&self, error: &ScriptError) -> mirrorpool::Fault {
+        match error.cause.to_string().as_str() {
+            "connection refused" | "connection reset" => mirrorpool::Fault::ConnectionLost,
+            _ => mirrorpool::Fault::Other,
+        }
+    }
+
+    fn probe(&self, m: &Manager, _c: &mut Conn, _t: Duration) -> Result<Observation, ScriptError> {
+        let delay = m.0.state.lock().probe_delay;
+        std::thread::sleep(delay);
+        m.0.answer(true)?;
+        let s = m.0.state.lock();
+        let mut repl = Replication::default();
+        repl.lag_bytes = s.lag_bytes;
+        repl.upstream = s.upstream_streaming.map(Upstream::new);
+        Ok(Observation::with_role(s.role)
+            .epoch(s.epoch)
+            .replication(repl))
+    }
+
+    fn promote(&self, m: &Manager, _c: &mut Conn, _t: Duration) -> Option<Result<(), ScriptError>> {
+        Some(m.0.answer(false).map(|()| {
+            let mut s = m.0.state.lock();
+            s.role = Role::Writable;
+            s.epoch += 1;
+            s.upstream_streaming = None;
+            s.promotions += 1;
+        }))
+    }
+}
+
+/// Polls `f` every 5 ms until it returns true or `limit` passes; returns whether it did.
+pub fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// An event handler that records every event as a line, for assertions.
+#[derive(Debug, Default, Clone)]
+pub struct Recorder(pub Arc<Mutex<Vec<String>>>);
+
+impl Recorder {
+    pub fn lines(&self) -> Vec<String> {
+        self.0.lock().clone()
+    }
+    pub fn count(&self, prefix: &str) -> usize {
+        self.0
+            .lock()
+            .iter()
+            .filter(|l| l.starts_with(prefix))
+            .count()
+    }
+    fn push(&self, s: String) {
+        self.0.lock().push(s);
+    }
+}
+
+impl mirrorpool::HandleEvent for Recorder {
+    fn handle_side_down(&self, e: mirrorpool::SideDownEvent) {
+        self.push(format!("down {}", e.side()));
+    }
+    fn handle_side_up(&self, e: mirrorpool::SideUpEvent) {
+        self.push(format!("up {}", e.side()));
+    }
+    fn handle_switch(&self, e: mirrorpool::SwitchEvent) {
+        self.push(format!("switch {}->{} {:?}", e.from(), e.to(), e.reason()));
+    }
+    fn handle_drain(&self, e: mirrorpool::DrainEvent) {
+        self.push(format!("drain {} {}", e.side(), e.closed()));
+    }
+    fn handle_heartbeat_failure(&self, e: mirrorpool::HeartbeatFailureEvent) {
+        self.push(format!(
+            "hbfail {} {} timeout={}",
+            e.side(),
+            e.failures(),
+            e.timed_out()
+        ));
+    }
+    fn handle_switch_refused(&self, e: mirrorpool::SwitchRefusedEvent) {
+        self.push(format!("refused {} {:?}", e.to(), e.reason()));
+    }
+    fn handle_split_brain(&self, e: mirrorpool::SplitBrainEvent) {
+        self.push(format!(
+            "splitbrain writer={} fenced={}",
+            e.writer(),
+            e.fenced()
+        ));
+    }
+    fn handle_promotion(&self, e: mirrorpool::PromotionEvent) {
+        self.push(format!("promotion {} ok={}", e.side(), e.error().is_none()));
+    }
+}
