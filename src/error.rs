@@ -148,7 +148,11 @@ pub enum Blocked {
     NoWritableSide,
     /// The pool is promoting this side and waits until it accepts writes.
     Promoting(Side),
-    /// A switch away from a failed side was refused.
+    /// Writers wait on this replica until it confirms that it lost its primary too (see
+    /// `verify_primary_failure`); then the pool promotes it.
+    ConfirmingFailure(Side),
+    /// A switch away from a failed side, or the promotion of the replica writers wait on,
+    /// was refused.
     Refused(Refusal),
 }
 
@@ -158,7 +162,12 @@ impl fmt::Display for Blocked {
             Blocked::BothDown => f.write_str("both sides are down"),
             Blocked::NoWritableSide => f.write_str("no side accepts writes"),
             Blocked::Promoting(side) => write!(f, "promoting the {side}"),
-            Blocked::Refused(r) => write!(f, "switch refused: {r}"),
+            Blocked::ConfirmingFailure(side) => write!(
+                f,
+                "waiting for the {side} to confirm it lost the {} before promoting it",
+                side.other()
+            ),
+            Blocked::Refused(r) => write!(f, "failover refused: {r}"),
         }
     }
 }

@@ -21,6 +21,9 @@ pub enum SwitchReason {
     SplitBrain,
     /// The other side became a newer primary (higher epoch) while the active one was failing.
     NewerPrimary,
+    /// The side writers had left because it was down came back writable before the
+    /// replica they waited on could take writes.
+    Recovered,
     /// Automatic failback to the recovered primary.
     Failback,
     /// `switch_over` was called.
@@ -34,6 +37,9 @@ impl fmt::Display for SwitchReason {
             SwitchReason::RoleChange => "the cluster moved the writable role",
             SwitchReason::SplitBrain => "split brain: moving to the newer primary",
             SwitchReason::NewerPrimary => "the other side is a newer primary",
+            SwitchReason::Recovered => {
+                "the failed side came back writable before the replica was promoted"
+            }
             SwitchReason::Failback => "automatic failback to the recovered primary",
             SwitchReason::Manual => "manual switch-over",
         })
@@ -164,7 +170,8 @@ impl HeartbeatFailureEvent {
     }
 }
 
-/// The pool refused to move writers to a side.
+/// The pool refused to move writers to a side, or to promote the replica they already wait
+/// on (for example while it still streams from the primary).
 #[derive(Debug, Clone)]
 pub struct SwitchRefusedEvent {
     pub(crate) to: Side,
@@ -172,7 +179,7 @@ pub struct SwitchRefusedEvent {
 }
 
 impl SwitchRefusedEvent {
-    /// The side writers would have moved to.
+    /// The side writers would have moved to (or that would have been promoted).
     pub fn to(&self) -> Side {
         self.to
     }

@@ -208,6 +208,14 @@ impl<M: ManageConnection> Monitor<M> {
                         });
                     }
                 }
+                Action::Sever(side) => {
+                    // Callers blocked on the abandoned side would otherwise wait for it
+                    // (planned switches let statements in flight finish: no sever).
+                    let n = self.shared.backend.sever(&self.shared.sides[side].manager);
+                    if n > 0 {
+                        log::warn!("severed {n} connections to the {side}");
+                    }
+                }
                 Action::Promote(side) => {
                     log::warn!("promoting the {side} to primary");
                     self.promote_started[side] = Some(now);
@@ -234,7 +242,12 @@ impl<M: ManageConnection> Monitor<M> {
                     self.shared.set_routing(active, blocked);
                 }
                 Action::Refused { to, reason } => {
-                    log::warn!("not switching to the {to}: {reason}");
+                    if self.policy.active() == to {
+                        // Writers already wait on `to`; what was refused is promoting it.
+                        log::warn!("not promoting the {to}: {reason}");
+                    } else {
+                        log::warn!("not switching to the {to}: {reason}");
+                    }
                     self.shared
                         .events
                         .handle_switch_refused(SwitchRefusedEvent { to, reason });
@@ -332,18 +345,6 @@ impl<M: ManageConnection> Monitor<M> {
                 .unwrap_or_default()
         );
         self.shared.set_routing(to, self.policy.blocked().cloned());
-        let failed = matches!(
-            reason,
-            SwitchReason::Failover | SwitchReason::SplitBrain | SwitchReason::NewerPrimary
-        );
-        if failed {
-            // Callers blocked on the failed side would otherwise wait for it (planned
-            // switches let statements in flight finish).
-            let n = self.shared.backend.sever(&self.shared.sides[from].manager);
-            if n > 0 {
-                log::warn!("severed {n} connections to the {from}");
-            }
-        }
         {
             let mut view = self.shared.view.lock();
             view.switches = self.policy.switches();
@@ -360,7 +361,10 @@ impl<M: ManageConnection> Monitor<M> {
             reason,
             failing_for,
         });
-        self.start_drain(from, now);
+        // A replica that writers only waited on took no writes: its connections stay warm.
+        if reason != SwitchReason::Recovered {
+            self.start_drain(from, now);
+        }
     }
 
     fn start_drain(&mut self, side: Side, now: Instant) {

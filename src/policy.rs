@@ -10,10 +10,15 @@
 //! 2. The active side can take writes (not down, not fenced, not a replica): serve it.
 //! 3. Automatic failback (after a failover) to a primary healthy for `after`.
 //! 4. Otherwise move writers to the other side if it is up and writable, unless its lag is
-//!    over `max_failover_lag` or the last switch was within `min_switch_interval`.
-//! 5. Otherwise, with `promote_on_failover`, promote a replica whose peer is down, once the
-//!    replica confirms it lost the peer too.
-//! 6. Otherwise block writers and say why.
+//!    over `max_failover_lag` or the last switch was within `min_switch_interval` (a move
+//!    away from a read-only replica is never held back: nothing else can take writes).
+//! 5. Otherwise, if the active side is down and the other is a live replica, move writers
+//!    there at once (same gates as rule 4): the dead side is drained and its callers
+//!    released now, and writers wait on the replica until it can take writes.
+//! 6. Then, with `promote_on_failover`, promote that replica once it confirms it lost its
+//!    primary too; without it, wait for the cluster to promote it. If the old side returns
+//!    writable before that, writers go back to it (rule 4, reason `Recovered`).
+//! 7. Otherwise block writers and say why.
 
 use std::time::{Duration, Instant};
 
@@ -33,6 +38,10 @@ pub(crate) enum Action {
     Abandon(Side),
     /// Promote this side to a writable primary.
     Promote(Side),
+    /// Cut the connections to this side, also those in use: writers left it for a side that
+    /// takes writes (or is being promoted), so callers stuck on it must be released now.
+    /// Not done when writers merely wait on a replica: the old side may still come back.
+    Sever(Side),
     /// The side's health changed.
     Health {
         side: Side,
@@ -124,6 +133,8 @@ pub(crate) struct Policy {
     active: Side,
     blocked: Option<Blocked>,
     last_switch: Option<Instant>,
+    /// The side writers last left because it went down, while they have not returned.
+    left_down: Option<Side>,
     failed_over: bool,
     fenced: Option<Side>,
     split_brain: bool,
@@ -142,6 +153,7 @@ impl Policy {
             active: Side::Primary,
             blocked: None,
             last_switch: None,
+            left_down: None,
             failed_over: false,
             fenced: None,
             split_brain: false,
@@ -154,7 +166,6 @@ impl Policy {
 
     // ----- read-only views -----
 
-    #[cfg(test)]
     pub(crate) fn active(&self) -> Side {
         self.active
     }
@@ -449,6 +460,7 @@ impl Policy {
         self.active = to;
         self.last_switch = Some(now);
         self.switches += 1;
+        self.left_down = (reason == SwitchReason::Failover).then_some(from);
         self.failed_over = to == Side::Mirror && reason != SwitchReason::Manual;
         out.push(Action::Switch {
             from,
@@ -456,6 +468,15 @@ impl Policy {
             reason,
             failing_for,
         });
+        let cut = match reason {
+            SwitchReason::SplitBrain | SwitchReason::NewerPrimary => true,
+            // Waiting on a replica is not yet a failover: a slow primary may still answer.
+            SwitchReason::Failover => self.role(to) != Role::ReadOnly,
+            _ => false,
+        };
+        if cut {
+            out.push(Action::Sever(from));
+        }
     }
 
     // ----- the decision -----
@@ -555,6 +576,18 @@ impl Policy {
             if self.promoting == Some(a) && self.role(a) == Role::Writable {
                 self.promoting = None;
             }
+            // Writers reached a primary after leaving a dead one that was a primary too (the
+            // cluster promoted this side): the old one must never get writes again unless it
+            // rejoins as a replica.
+            if self.left_down == Some(b)
+                && self.fenced != Some(b)
+                && self.role(a) == Role::Writable
+                && self.role(b) == Role::Writable
+                && self.sides[b].health == Health::Down
+            {
+                self.fenced = Some(b);
+                out.push(Action::Sever(b));
+            }
             if let Some(back) = self.failback_due(now) {
                 self.switch_to(back, SwitchReason::Failback, now, out);
             }
@@ -569,13 +602,17 @@ impl Policy {
                 }
             }
             let fenced_a = self.fenced == Some(a);
-            if !fenced_a && !self.interval_passed(now) {
+            // Holding writers on a read-only replica while a primary is up helps nobody.
+            let a_read_only = self.role(a) == Role::ReadOnly;
+            if !fenced_a && !a_read_only && !self.interval_passed(now) {
                 return self.refuse(b, Refusal::TooSoon, out);
             }
             let reason = if a_down {
                 SwitchReason::Failover
             } else if fenced_a {
                 SwitchReason::SplitBrain
+            } else if self.left_down == Some(b) && a_read_only {
+                SwitchReason::Recovered
             } else {
                 SwitchReason::RoleChange
             };
@@ -588,15 +625,27 @@ impl Policy {
             return None;
         }
 
+        // `a` is down and `b` a live replica: leave the dead side now, so its callers are
+        // released and writers wait where the next primary will be.
+        if a_down && self.may_move_to(b) {
+            if let Some(r) = self.lag_refusal(b) {
+                return self.refuse(b, r, out);
+            }
+            if !self.interval_passed(now) {
+                return self.refuse(b, Refusal::TooSoon, out);
+            }
+            self.switch_to(b, SwitchReason::Failover, now, out);
+        }
+        let a = self.active;
+        let b = a.other();
+        let a_down = self.sides[a].health == Health::Down;
+
         if self.cfg.promote_on_failover {
             for cand in [a, b] {
                 if let Some(blocked) = self.try_promote(cand, now, out) {
                     return Some(blocked);
                 }
             }
-        } else if self.sides[b].health == Health::Up && self.role(b) == Role::ReadOnly && a_down {
-            // Following the cluster: wait for an orchestrator to promote the mirror.
-            return Some(Blocked::NoWritableSide);
         }
 
         if a_down && self.sides[b].health == Health::Down {
@@ -625,7 +674,7 @@ impl Policy {
             Verification::Verified => {}
             Verification::Stale => {
                 self.sides[cand].requested.get_or_insert(now);
-                return Some(Blocked::NoWritableSide);
+                return Some(Blocked::ConfirmingFailure(cand));
             }
             Verification::Streaming => {
                 return self.refuse(cand, Refusal::PrimaryStillStreaming, out)
@@ -639,7 +688,10 @@ impl Policy {
             self.switch_to(cand, SwitchReason::Failover, now, out);
         }
         // The old primary must never get writes again unless it rejoins as a replica.
-        self.fenced = Some(peer);
+        if self.fenced != Some(peer) {
+            self.fenced = Some(peer);
+            out.push(Action::Sever(peer));
+        }
         self.promoting = Some(cand);
         let retry_ok = self
             .last_promote

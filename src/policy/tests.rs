@@ -121,7 +121,9 @@ impl Sim {
     /// Rules that must hold for every action in every world.
     fn check_invariants(&self, a: &Action) {
         match a {
-            Action::Switch { to, reason, .. } => {
+            Action::Switch {
+                from, to, reason, ..
+            } => {
                 assert_ne!(
                     self.seen[*to],
                     Health::Down,
@@ -137,7 +139,10 @@ impl Sim {
                             | SwitchReason::NewerPrimary
                     )
                 };
-                if rate_limited(reason) {
+                // So does leaving a read-only replica for a writable side: writers could not
+                // be served where they were.
+                let from_replica = self.policy.side(*from).role() == Role::ReadOnly;
+                if rate_limited(reason) && !from_replica {
                     let last_auto = self.log.iter().rev().find_map(|(t, a)| match a {
                         Action::Switch { reason, .. } if rate_limited(reason) => Some(*t),
                         _ => None,
@@ -157,6 +162,14 @@ impl Sim {
             } => {
                 assert_ne!(self.policy.fenced(), Some(*active), "serving a fenced side");
                 assert_ne!(self.seen[*active], Health::Down);
+            }
+            Action::Sever(side) => {
+                assert_ne!(
+                    self.policy.active(),
+                    *side,
+                    "severed the side writers are on\n{:#?}",
+                    self.log
+                );
             }
             Action::Promote(side) => {
                 assert_eq!(
@@ -298,6 +311,8 @@ fn fails_over_once_the_threshold_is_reached_and_not_before() {
             s.switches(),
             vec![(Side::Primary, Side::Mirror, SwitchReason::Failover)]
         );
+        // The mirror takes writes as it is: callers stuck on the dead side are cut loose.
+        assert_eq!(s.count(|a| *a == Action::Sever(Side::Primary)), 1);
     }
 }
 
@@ -460,18 +475,70 @@ fn follows_an_external_promotion_without_promoting_itself() {
     s.run(ms(300));
     s.world[Side::Primary] = Srv::Refuse;
     s.run(ms(500));
-    // No writable side: writers wait, nothing is promoted.
+    // Writers left the dead primary for the replica and wait there; nothing is promoted.
+    assert_eq!(s.policy.active(), Side::Mirror);
+    assert_eq!(
+        s.switches(),
+        vec![(Side::Primary, Side::Mirror, SwitchReason::Failover)]
+    );
     assert_eq!(s.policy.blocked(), Some(&Blocked::NoWritableSide));
     assert_eq!(s.count(|a| matches!(a, Action::Promote(_))), 0);
-    assert_eq!(s.count(is_switch), 0);
     // An orchestrator promotes the mirror: seen within the suspect interval.
     s.world[Side::Mirror] = Srv::Up(Role::Writable);
     let t0 = s.now - s.start;
     s.run(ms(100));
-    let t = s.first_time(is_switch).expect("followed the promotion") - t0;
+    let served = |a: &Action| {
+        matches!(
+            a,
+            Action::Route {
+                active: Side::Mirror,
+                blocked: None
+            }
+        )
+    };
+    let t = s.first_time(served).expect("followed the promotion") - t0;
     assert!(t <= ms(20), "took {t:?}");
     assert_eq!(s.policy.blocked(), None);
     assert_eq!(s.policy.fenced(), Some(Side::Primary));
+}
+
+#[test]
+fn a_dead_primary_is_left_at_once_and_writers_return_if_it_recovers_before_a_promotion() {
+    let mut s = Sim::pg(Config {
+        promote_on_failover: true,
+        ..cfg()
+    });
+    s.run(ms(300));
+    // The mirror has not noticed yet (still streaming): no promotion, but writers already
+    // left the dead side, so its callers are released and no new ones queue on it.
+    s.world[Side::Primary] = Srv::Refuse;
+    s.run(ms(100));
+    assert_eq!(s.policy.active(), Side::Mirror);
+    assert_eq!(s.count(|a| matches!(a, Action::Promote(_))), 0);
+    assert_ne!(s.policy.blocked(), None, "a replica takes no writes");
+    // Statements in flight on the old side are left alone: it may only be slow.
+    assert_eq!(s.count(|a| matches!(a, Action::Sever(_))), 0);
+    // The primary comes back before the mirror confirmed the loss: writers return at once,
+    // although min_switch_interval (1 s) has not passed, and the mirror is not drained.
+    s.world[Side::Primary] = Srv::Up(Role::Writable);
+    s.run(ms(50));
+    assert_eq!(
+        s.switches(),
+        vec![
+            (Side::Primary, Side::Mirror, SwitchReason::Failover),
+            (Side::Mirror, Side::Primary, SwitchReason::Recovered)
+        ]
+    );
+    assert_eq!(s.policy.blocked(), None);
+    assert_eq!(s.policy.fenced(), None);
+    // It dies again at once: the interval now holds writers back (no ping-pong).
+    s.world[Side::Primary] = Srv::Refuse;
+    s.run(ms(300));
+    assert_eq!(s.count(is_switch), 2);
+    assert_eq!(
+        s.policy.blocked(),
+        Some(&Blocked::Refused(Refusal::TooSoon))
+    );
 }
 
 #[test]
@@ -501,9 +568,17 @@ fn promotes_the_mirror_only_after_it_confirms_losing_the_primary() {
         "a refusal is reported once"
     );
     // The primary really dies: the mirror's link drops, and it is promoted.
+    assert_eq!(s.count(|a| matches!(a, Action::Sever(_))), 0);
     s.streaming[Side::Mirror] = Some(false);
     s.run(ms(200));
     assert_eq!(s.count(|a| *a == Action::Promote(Side::Mirror)), 1);
+    // Only now, with the promotion under way, callers stuck on the old primary are released.
+    let promoted = s.first_time(|a| *a == Action::Promote(Side::Mirror));
+    assert_eq!(
+        s.first_time(|a| *a == Action::Sever(Side::Primary)),
+        promoted
+    );
+    assert_eq!(s.count(|a| matches!(a, Action::Sever(_))), 1);
     assert_eq!(s.policy.active(), Side::Mirror);
     assert_eq!(
         s.policy.blocked(),
