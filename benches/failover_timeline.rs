@@ -23,6 +23,23 @@ const WRITERS: i32 = 8;
 struct Events(Arc<Mutex<Vec<(Instant, String)>>>);
 
 impl Events {
+    /// With `TIMELINE_EVENTS=1`, prints every event in ms after `t0` (to see where time went).
+    fn dump(&self, t0: Instant) {
+        if std::env::var_os("TIMELINE_EVENTS").is_none() {
+            return;
+        }
+        let mut log = self.0.lock().unwrap().clone();
+        log.sort_by_key(|e| e.0);
+        for (t, e) in log {
+            let ms = if t >= t0 {
+                (t - t0).as_secs_f64() * 1e3
+            } else {
+                -((t0 - t).as_secs_f64() * 1e3)
+            };
+            eprintln!("  {ms:9.1} ms  {e}");
+        }
+    }
+
     fn first(&self, prefix: &str) -> Option<Instant> {
         self.0
             .lock()
@@ -47,10 +64,16 @@ impl HandleEvent for Events {
             .push((Instant::now(), format!("switch {}", e.to())));
     }
     fn handle_promotion(&self, e: mirrorpool::PromotionEvent) {
-        self.0
-            .lock()
-            .unwrap()
-            .push((Instant::now(), format!("promoted {}", e.error().is_none())));
+        let now = Instant::now();
+        let mut log = self.0.lock().unwrap();
+        log.push((now - e.duration(), "promotion started".to_string()));
+        log.push((now, format!("promoted {}", e.error().is_none())));
+    }
+    fn handle_switch_refused(&self, e: mirrorpool::SwitchRefusedEvent) {
+        self.0.lock().unwrap().push((
+            Instant::now(),
+            format!("refused {}: {}", e.to(), e.reason()),
+        ));
     }
 }
 
@@ -255,6 +278,7 @@ fn sigkill(promote: bool) -> Run {
     });
     thread::sleep(Duration::from_millis(500));
     let rec = load.finish();
+    events.dump(t0);
     let writable = watcher.join().ok().flatten();
     let first = rec
         .acked
@@ -330,6 +354,7 @@ fn hang(black_hole: bool) -> Run {
         repl.set_mode(ProxyMode::Drop);
     }
     let rec = load.finish();
+    events.dump(t0);
     let first = rec
         .acked
         .iter()

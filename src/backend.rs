@@ -68,7 +68,9 @@ pub trait Backend<M: ManageConnection>: Send + Sync + 'static {
 
     /// Aborts every open connection of `manager`, so callers blocked on a server that will not
     /// answer (hung, black-holed) get an error instead of waiting for it. Called by the monitor
-    /// when writers leave a side because it failed or was fenced, never on planned switches.
+    /// when writers leave a failed side for one that takes writes, or when the pool promotes
+    /// the replica they wait on or fences the old side; never on planned switches, and not
+    /// while writers merely wait on a replica (the failed side may only have been slow).
     /// Returns how many connections it aborted. Default: does nothing.
     fn sever(&self, manager: &M) -> usize {
         let _ = manager;
