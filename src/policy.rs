@@ -13,8 +13,10 @@
 //!    over `max_failover_lag` or the last switch was within `min_switch_interval` (a move
 //!    away from a read-only replica is never held back: nothing else can take writes).
 //! 5. Otherwise, if the active side is down and the other is a live replica, move writers
-//!    there at once (same gates as rule 4): the dead side is drained and its callers
-//!    released now, and writers wait on the replica until it can take writes.
+//!    there at once (same gates as rule 4): the dead side is drained and new callers wait on
+//!    the replica until it can take writes. Callers stuck in statements on the dead side are
+//!    released (`Action::Sever`) only once writers can be served elsewhere or a promotion
+//!    starts, since a side that is merely slow may still answer them.
 //! 6. Then, with `promote_on_failover`, promote that replica once it confirms it lost its
 //!    primary too; without it, wait for the cluster to promote it. If the old side returns
 //!    writable before that, writers go back to it (rule 4, reason `Recovered`).
@@ -625,8 +627,8 @@ impl Policy {
             return None;
         }
 
-        // `a` is down and `b` a live replica: leave the dead side now, so its callers are
-        // released and writers wait where the next primary will be.
+        // `a` is down and `b` a live replica: leave the dead side now, so new callers wait
+        // where the next primary will be instead of queueing on a server that may never answer.
         if a_down && self.may_move_to(b) {
             if let Some(r) = self.lag_refusal(b) {
                 return self.refuse(b, r, out);
