@@ -596,8 +596,11 @@ impl Policy {
             return None;
         }
 
-        // Writers can't stay on `a`. Move to `b` if it takes writes as it is.
-        if self.may_move_to(b) && self.role(b) != Role::ReadOnly {
+        // Writers can't stay on `a`. Move to `b` if it takes writes as it is; or, when `a` is
+        // down, also if `b` is a live replica: then new callers wait where the next primary
+        // will be instead of queueing on a server that may never answer.
+        let b_takes_writes = self.role(b) != Role::ReadOnly;
+        if self.may_move_to(b) && (b_takes_writes || a_down) {
             if a_down {
                 if let Some(r) = self.lag_refusal(b) {
                     return self.refuse(b, r, out);
@@ -605,15 +608,15 @@ impl Policy {
             }
             let fenced_a = self.fenced == Some(a);
             // Holding writers on a read-only replica while a primary is up helps nobody.
-            let a_read_only = self.role(a) == Role::ReadOnly;
-            if !fenced_a && !a_read_only && !self.interval_passed(now) {
+            let replica_to_primary = self.role(a) == Role::ReadOnly && b_takes_writes;
+            if !fenced_a && !replica_to_primary && !self.interval_passed(now) {
                 return self.refuse(b, Refusal::TooSoon, out);
             }
             let reason = if a_down {
                 SwitchReason::Failover
             } else if fenced_a {
                 SwitchReason::SplitBrain
-            } else if self.left_down == Some(b) && a_read_only {
+            } else if self.left_down == Some(b) && replica_to_primary {
                 SwitchReason::Recovered
             } else {
                 SwitchReason::RoleChange
@@ -624,20 +627,11 @@ impl Policy {
                 self.fenced = Some(a);
             }
             self.switch_to(b, reason, now, out);
-            return None;
-        }
-
-        // `a` is down and `b` a live replica: leave the dead side now, so new callers wait
-        // where the next primary will be instead of queueing on a server that may never answer.
-        if a_down && self.may_move_to(b) {
-            if let Some(r) = self.lag_refusal(b) {
-                return self.refuse(b, r, out);
+            if b_takes_writes {
+                return None;
             }
-            if !self.interval_passed(now) {
-                return self.refuse(b, Refusal::TooSoon, out);
-            }
-            self.switch_to(b, SwitchReason::Failover, now, out);
         }
+        // Writers now wait on a replica (or could not move): promote it, or say why not.
         let a = self.active;
         let b = a.other();
         let a_down = self.sides[a].health == Health::Down;

@@ -510,7 +510,7 @@ fn a_dead_primary_is_left_at_once_and_writers_return_if_it_recovers_before_a_pro
     });
     s.run(ms(300));
     // The mirror has not noticed yet (still streaming): no promotion, but writers already
-    // left the dead side, so its callers are released and no new ones queue on it.
+    // left the dead side, so no new callers queue on it.
     s.world[Side::Primary] = Srv::Refuse;
     s.run(ms(100));
     assert_eq!(s.policy.active(), Side::Mirror);
@@ -519,7 +519,7 @@ fn a_dead_primary_is_left_at_once_and_writers_return_if_it_recovers_before_a_pro
     // Statements in flight on the old side are left alone: it may only be slow.
     assert_eq!(s.count(|a| matches!(a, Action::Sever(_))), 0);
     // The primary comes back before the mirror confirmed the loss: writers return at once,
-    // although min_switch_interval (1 s) has not passed, and the mirror is not drained.
+    // although min_switch_interval (1 s) has not passed.
     s.world[Side::Primary] = Srv::Up(Role::Writable);
     s.run(ms(50));
     assert_eq!(
