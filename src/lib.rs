@@ -36,7 +36,7 @@
 #![deny(missing_docs)]
 #![warn(rust_2018_idioms)]
 
-mod backend;
+pub mod backend;
 mod clock;
 mod config;
 mod error;
@@ -57,7 +57,7 @@ pub mod postgres;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 
-pub use backend::{Backend, Fault, IsValid};
+pub use backend::{Backend, BackendError, Capabilities, Fault, IsValid};
 pub use config::{Builder, Failback};
 pub use error::{Blocked, Cause, Error, Refusal, SideReport};
 pub use event::{
@@ -65,7 +65,9 @@ pub use event::{
     SideUpEvent, SplitBrainEvent, SwitchEvent, SwitchReason, SwitchRefusedEvent,
 };
 pub use health::Health;
-pub use observation::{Lag, Observation, Replication, Role, Upstream};
+pub use observation::{
+    Access, Identity, Lag, LagKind, Observation, Privileges, Replication, Role, Upstream,
+};
 pub use pool::{MirrorPool, PooledConnection};
 pub use side::Side;
 pub use status::{SideStatus, Status, SwitchRecord};

@@ -1,4 +1,9 @@
-//! What one heartbeat learned about a side: its role and its replication state.
+//! What one heartbeat learned about a side: its role, its replication state, who it is and
+//! what the pool's role may do on it.
+//!
+//! Every fact is optional, and "could not see" (a view the role lacks the privilege for, a
+//! backend that does not report it) is kept apart from "false": no safety rule reads an
+//! unknown as the convenient answer.
 
 use std::fmt;
 use std::time::Duration;
@@ -6,7 +11,9 @@ use std::time::Duration;
 /// Whether a side takes writes, as its heartbeat reported.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub enum Role {
-    /// The backend cannot tell (a plain `r2d2::ManageConnection`); treated as writable.
+    /// Not known: the backend cannot tell (a plain `r2d2::ManageConnection`, where it counts
+    /// as writable), or no heartbeat has reported it yet. With a role-aware backend an unknown
+    /// role never takes writes.
     #[default]
     Unknown,
     /// A writable primary.
@@ -25,13 +32,27 @@ impl fmt::Display for Role {
     }
 }
 
-/// How far a replica is behind its primary.
+/// How far a replica is behind its primary, or a limit on it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
 pub enum Lag {
-    /// Bytes of write-ahead log (or binlog) not yet replayed.
+    /// Bytes of write-ahead log (or binlog) the replica has not replayed.
     Bytes(u64),
     /// Time since the newest replayed transaction was committed on the primary.
     Time(Duration),
+    /// Transactions the replica has not applied (MySQL/MariaDB GTIDs).
+    Transactions(u64),
+}
+
+impl Lag {
+    /// The kind of measure, without its value.
+    pub fn kind(&self) -> LagKind {
+        match self {
+            Lag::Bytes(_) => LagKind::Bytes,
+            Lag::Time(_) => LagKind::Time,
+            Lag::Transactions(_) => LagKind::Transactions,
+        }
+    }
 }
 
 impl fmt::Display for Lag {
@@ -39,7 +60,30 @@ impl fmt::Display for Lag {
         match self {
             Lag::Bytes(b) => write!(f, "{b} bytes"),
             Lag::Time(d) => write!(f, "{d:?}"),
+            Lag::Transactions(n) => write!(f, "{n} transactions"),
         }
+    }
+}
+
+/// A kind of replication lag a backend can measure.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum LagKind {
+    /// [`Lag::Bytes`].
+    Bytes,
+    /// [`Lag::Time`].
+    Time,
+    /// [`Lag::Transactions`].
+    Transactions,
+}
+
+impl fmt::Display for LagKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            LagKind::Bytes => "bytes",
+            LagKind::Time => "time",
+            LagKind::Transactions => "transactions",
+        })
     }
 }
 
@@ -47,8 +91,10 @@ impl fmt::Display for Lag {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 #[non_exhaustive]
 pub struct Upstream {
-    /// Whether the replica is currently streaming from its primary.
-    pub streaming: bool,
+    /// Whether the replica is currently streaming from its primary: `None` when the heartbeat
+    /// could not see it (PostgreSQL shows `pg_stat_wal_receiver` only to roles with
+    /// `pg_read_all_stats`). Unknown never confirms that the primary is lost.
+    pub streaming: Option<bool>,
     /// Time since the replica last heard anything from its primary, if known.
     pub silence: Option<Duration>,
     /// The longest a live primary may stay quiet towards this replica (PostgreSQL: the
@@ -58,17 +104,34 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    /// A link in the given state, with nothing else known.
+    /// A link known to be streaming (`true`) or not (`false`), with nothing else known.
     pub fn new(streaming: bool) -> Upstream {
         Upstream {
-            streaming,
+            streaming: Some(streaming),
             ..Upstream::default()
         }
+    }
+
+    /// A link whose state the heartbeat could not see.
+    pub fn unknown() -> Upstream {
+        Upstream::default()
+    }
+
+    /// Sets how long the replica has heard nothing from its primary.
+    pub fn with_silence(mut self, silence: Duration) -> Upstream {
+        self.silence = Some(silence);
+        self
+    }
+
+    /// Sets the replica's own bound on a live primary's quiet time.
+    pub fn with_max_quiet(mut self, max_quiet: Duration) -> Upstream {
+        self.max_quiet = Some(max_quiet);
+        self
     }
 }
 
 /// Replication facts reported by one heartbeat. Every field is optional: a backend fills
-/// what it can tell.
+/// what it can tell (start from `Replication::default()` and set fields).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 #[non_exhaustive]
 pub struct Replication {
@@ -76,20 +139,64 @@ pub struct Replication {
     pub lag_bytes: Option<u64>,
     /// Replay lag in time: on a replica its own, on a primary that of its attached replica.
     pub lag_time: Option<Duration>,
+    /// Transactions not yet applied: on a replica its own, on a primary that of its replica.
+    pub lag_transactions: Option<u64>,
     /// On a primary: how many replicas are attached and streaming.
     pub replicas_attached: Option<u32>,
     /// On a replica: the state of its link to the primary.
     pub upstream: Option<Upstream>,
+    /// A position in the replication stream, in bytes (PostgreSQL: an LSN). On a primary: how
+    /// far it has written. On a replica: how far it has replayed. The lag gate compares the
+    /// primary's last known position with what the replica has replayed *now*, so it reopens
+    /// once a replica has caught up after its primary died.
+    pub position: Option<u64>,
 }
 
-impl Replication {
-    /// Whether `lag` exceeds `limit`, where the needed figure is known; unknown is not exceeding.
-    pub fn exceeds(&self, limit: Lag) -> Option<Lag> {
-        match limit {
-            Lag::Bytes(max) => self.lag_bytes.filter(|b| *b > max).map(Lag::Bytes),
-            Lag::Time(max) => self.lag_time.filter(|t| *t > max).map(Lag::Time),
-        }
+/// Whether the heartbeat's role holds a privilege a feature needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum Access {
+    /// Not checked (the backend cannot tell, or the feature is off).
+    #[default]
+    Unchecked,
+    /// The role has it.
+    Granted,
+    /// The role lacks it; the text says what is missing and how to grant it, e.g.
+    /// "the role lacks EXECUTE on pg_promote".
+    Denied(&'static str),
+}
+
+/// What the pool's role may do on a side, as far as the heartbeat checked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub struct Privileges {
+    /// Promoting the side (for `promote_on_failover`).
+    pub promote: Access,
+    /// Seeing the replication state (for `verify_primary_failure` and the lag gate).
+    pub replication_status: Access,
+}
+
+impl Privileges {
+    /// The first privilege denied, with its text.
+    pub fn first_denied(&self) -> Option<&'static str> {
+        [self.promote, self.replication_status]
+            .into_iter()
+            .find_map(|a| match a {
+                Access::Denied(what) => Some(what),
+                _ => None,
+            })
     }
+}
+
+/// Who a server is, so the pool can tell two servers apart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Identity {
+    /// Shared by a primary and its physical replicas, different for unrelated clusters
+    /// (PostgreSQL's `system_identifier`); `None` if the backend has no such notion.
+    pub cluster: Option<u64>,
+    /// Different for every server instance (PostgreSQL: a hash of `system_identifier`,
+    /// postmaster start time and port; MySQL: of `server_uuid`). Two sides reporting the same
+    /// instance are one server configured twice.
+    pub instance: u64,
 }
 
 /// The result of one successful heartbeat.
@@ -98,6 +205,8 @@ pub struct Observation {
     role: Role,
     epoch: Option<u64>,
     replication: Option<Replication>,
+    identity: Option<Identity>,
+    privileges: Privileges,
 }
 
 impl Observation {
@@ -116,14 +225,26 @@ impl Observation {
 
     /// Sets the side's epoch: a number that grows with every promotion in the cluster
     /// (PostgreSQL's timeline). When both sides claim to be writable, the higher epoch wins.
-    pub fn epoch(mut self, epoch: u64) -> Observation {
+    pub fn with_epoch(mut self, epoch: u64) -> Observation {
         self.epoch = Some(epoch);
         self
     }
 
     /// Sets the replication facts.
-    pub fn replication(mut self, replication: Replication) -> Observation {
+    pub fn with_replication(mut self, replication: Replication) -> Observation {
         self.replication = Some(replication);
+        self
+    }
+
+    /// Sets who the server is.
+    pub fn with_identity(mut self, identity: Identity) -> Observation {
+        self.identity = Some(identity);
+        self
+    }
+
+    /// Sets what the pool's role may do on the server.
+    pub fn with_privileges(mut self, privileges: Privileges) -> Observation {
+        self.privileges = privileges;
         self
     }
 
@@ -133,12 +254,22 @@ impl Observation {
     }
 
     /// The reported epoch, if the backend knows one.
-    pub fn epoch_value(&self) -> Option<u64> {
+    pub fn epoch(&self) -> Option<u64> {
         self.epoch
     }
 
     /// The reported replication facts, if the backend knows any.
-    pub fn replication_state(&self) -> Option<&Replication> {
+    pub fn replication(&self) -> Option<&Replication> {
         self.replication.as_ref()
+    }
+
+    /// Who the server is, if the backend reports it.
+    pub fn identity(&self) -> Option<Identity> {
+        self.identity
+    }
+
+    /// What the pool's role may do on the server.
+    pub fn privileges(&self) -> Privileges {
+        self.privileges
     }
 }

@@ -198,7 +198,16 @@ impl Policy {
         [side, side.other()]
             .iter()
             .filter_map(|s| self.sides[*s].observation)
-            .filter_map(|o| o.replication_state().and_then(|r| r.exceeds(limit)))
+            .filter_map(|o| {
+                let r = o.replication()?;
+                match limit {
+                    Lag::Bytes(max) => r.lag_bytes.filter(|b| *b > max).map(Lag::Bytes),
+                    Lag::Time(max) => r.lag_time.filter(|t| *t > max).map(Lag::Time),
+                    Lag::Transactions(max) => {
+                        r.lag_transactions.filter(|n| *n > max).map(Lag::Transactions)
+                    }
+                }
+            })
             .max()
     }
 
@@ -509,7 +518,7 @@ impl Policy {
         let health = |s: Side| self.sides[s].health;
         let live = |s: Side| matches!(health(s), Health::Up | Health::Suspect);
         if self.role(p) == Role::Writable && self.role(m) == Role::Writable && live(p) && live(m) {
-            let epoch = |s: Side| self.sides[s].observation.and_then(|o| o.epoch_value());
+            let epoch = |s: Side| self.sides[s].observation.and_then(|o| o.epoch());
             let writer = match (epoch(p), epoch(m)) {
                 (Some(x), Some(y)) if x != y => {
                     if x > y {
@@ -715,10 +724,11 @@ impl Policy {
         }
         let upstream = st
             .observation
-            .and_then(|o| o.replication_state().and_then(|r| r.upstream));
+            .and_then(|o| o.replication().and_then(|r| r.upstream));
         match upstream {
             None => Verification::CannotVerify,
-            Some(u) if !u.streaming => Verification::Verified,
+            Some(u) if u.streaming == Some(false) => Verification::Verified,
+            Some(u) if u.streaming.is_none() => Verification::CannotVerify,
             Some(u) if u.silence.is_some_and(|s| s > self.silence_bound(&u)) => {
                 Verification::Verified
             }

@@ -418,7 +418,7 @@ impl<M: ManageConnection> PooledConnection<M> {
                 self.sub.request_probe();
             }
             Fault::NotWritable => self.sub.request_probe(),
-            Fault::Other => {}
+            Fault::TooManyConnections | Fault::Other => {}
         }
         fault
     }
@@ -470,7 +470,7 @@ impl<M: ManageConnection> Drop for PooledConnection<M> {
                     log::debug!(
                         "resetting a {} connection failed, closing it: {}",
                         sub.side,
-                        crate::Cause::capture(&e).chain()
+                        crate::Cause::capture(&*e).chain()
                     );
                     broken = true;
                 }

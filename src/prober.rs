@@ -245,7 +245,7 @@ impl<M: ManageConnection> Worker<M> {
                     let result = self.with_conn(&mut conn, |c| {
                         self.backend
                             .probe(&self.manager, c, self.timeout)
-                            .map_err(|e| Cause::capture(&e))
+                            .map_err(|e| Cause::capture(&*e))
                     });
                     Reply::Probe {
                         side: self.side,
@@ -258,13 +258,9 @@ impl<M: ManageConnection> Worker<M> {
                     side: self.side,
                     seq,
                     result: self.with_conn(&mut conn, |c| {
-                        match self
-                            .backend
+                        self.backend
                             .promote(&self.manager, c, self.promotion_timeout)
-                        {
-                            Some(r) => r.map_err(|e| Cause::capture(&e)),
-                            None => Err(Cause::new("this backend cannot promote a replica")),
-                        }
+                            .map_err(|e| Cause::capture(&*e))
                     }),
                 },
             };

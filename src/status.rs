@@ -120,8 +120,8 @@ impl SideStatus {
 
     pub(crate) fn observe(&mut self, obs: &Observation) {
         self.role = obs.role();
-        self.epoch = obs.epoch_value();
-        self.replication = obs.replication_state().copied();
+        self.epoch = obs.epoch();
+        self.replication = obs.replication().copied();
     }
 }
 

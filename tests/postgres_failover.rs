@@ -805,7 +805,7 @@ fn status_reports_roles_timelines_and_replication() {
                 && s.mirror
                     .replication
                     .and_then(|r| r.upstream)
-                    .is_some_and(|u| u.streaming)
+                    .is_some_and(|u| u.streaming == Some(true))
         }),
         "{:?}",
         pool.status()

@@ -92,8 +92,8 @@ impl Sim {
             ..Replication::default()
         };
         Observation::with_role(role)
-            .epoch(self.epoch[side])
-            .replication(r)
+            .with_epoch(self.epoch[side])
+            .with_replication(r)
     }
 
     fn record(&mut self, out: Vec<Action>) {

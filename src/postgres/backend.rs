@@ -10,7 +10,7 @@ use postgres::Client;
 use super::connection::PgConnection;
 
 use super::manager::{MakeTls, PostgresManager};
-use crate::backend::{Backend, Fault};
+use crate::backend::{Backend, BackendError, Fault};
 use crate::observation::{Observation, Replication, Role, Upstream};
 
 /// One round trip that tells what a server is. Branches that only work on a primary
@@ -66,6 +66,7 @@ impl PostgresBackend {
         } else {
             Role::Writable
         };
+        #[allow(clippy::needless_update)]
         let replication = Replication {
             lag_bytes: row
                 .get::<_, Option<f64>>("lag_bytes")
@@ -76,7 +77,7 @@ impl PostgresBackend {
                 .get::<_, Option<i64>>("replicas")
                 .map(|n| n.clamp(0, i64::from(u32::MAX)) as u32),
             upstream: in_recovery.then(|| Upstream {
-                streaming: row.get::<_, Option<bool>>("streaming").unwrap_or(false),
+                streaming: row.get::<_, Option<bool>>("streaming"),
                 silence: secs(row.get("silence_secs")),
                 // 0 disables the receiver's timeout: then a live primary may be quiet forever.
                 max_quiet: match secs(row.get("receiver_timeout_secs")) {
@@ -84,10 +85,11 @@ impl PostgresBackend {
                     _ => Some(Duration::MAX),
                 },
             }),
+            ..Replication::default()
         };
-        let mut obs = Observation::with_role(role).replication(replication);
+        let mut obs = Observation::with_role(role).with_replication(replication);
         if let Some(tli) = row.get::<_, Option<i64>>("timeline") {
-            obs = obs.epoch(tli as u64);
+            obs = obs.with_epoch(tli as u64);
         }
         Ok(obs)
     }
@@ -126,10 +128,10 @@ impl<T: MakeTls> Backend<PostgresManager<T>> for PostgresBackend {
         _manager: &PostgresManager<T>,
         conn: &mut PgConnection,
         _timeout: Duration,
-    ) -> Result<Observation, postgres::Error> {
+    ) -> Result<Observation, BackendError> {
         // One round trip. A hung server is the monitor's to abandon after the timeout (the
         // prober thread is released when the server answers or the pool severs its socket).
-        PostgresBackend::observe(conn)
+        Ok(PostgresBackend::observe(conn)?)
     }
 
     fn promote(
@@ -137,8 +139,8 @@ impl<T: MakeTls> Backend<PostgresManager<T>> for PostgresBackend {
         _manager: &PostgresManager<T>,
         conn: &mut PgConnection,
         timeout: Duration,
-    ) -> Option<Result<(), postgres::Error>> {
-        Some(PostgresBackend::promote_and_wait(conn, timeout))
+    ) -> Result<(), BackendError> {
+        Ok(PostgresBackend::promote_and_wait(conn, timeout)?)
     }
 
     fn classify(&self, error: &postgres::Error) -> Fault {
@@ -149,8 +151,8 @@ impl<T: MakeTls> Backend<PostgresManager<T>> for PostgresBackend {
         &self,
         _manager: &PostgresManager<T>,
         conn: &mut PgConnection,
-    ) -> Result<(), postgres::Error> {
-        conn.batch_execute("DISCARD ALL")
+    ) -> Result<(), BackendError> {
+        Ok(conn.batch_execute("DISCARD ALL")?)
     }
 
     fn sever(&self, manager: &PostgresManager<T>) -> usize {

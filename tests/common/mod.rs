@@ -8,7 +8,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mirrorpool::{Backend, ManageConnection, Observation, Replication, Role, Upstream};
+use mirrorpool::backend::{Backend, BackendError, Observation, Replication, Role, Upstream};
+use mirrorpool::ManageConnection;
 use parking_lot::{Condvar, Mutex};
 
 /// How a scripted server behaves.
@@ -238,7 +239,12 @@ impl Backend<Manager> for ScriptedBackend {
         }
     }
 
-    fn probe(&self, m: &Manager, _c: &mut Conn, _t: Duration) -> Result<Observation, ScriptError> {
+    fn probe(
+        &self,
+        m: &Manager,
+        _c: &mut Conn,
+        _t: Duration,
+    ) -> Result<Observation, BackendError> {
         let delay = m.0.state.lock().probe_delay;
         std::thread::sleep(delay);
         m.0.answer(true)?;
@@ -247,18 +253,18 @@ impl Backend<Manager> for ScriptedBackend {
         repl.lag_bytes = s.lag_bytes;
         repl.upstream = s.upstream_streaming.map(Upstream::new);
         Ok(Observation::with_role(s.role)
-            .epoch(s.epoch)
-            .replication(repl))
+            .with_epoch(s.epoch)
+            .with_replication(repl))
     }
 
-    fn promote(&self, m: &Manager, _c: &mut Conn, _t: Duration) -> Option<Result<(), ScriptError>> {
-        Some(m.0.answer(false).map(|()| {
-            let mut s = m.0.state.lock();
-            s.role = Role::Writable;
-            s.epoch += 1;
-            s.upstream_streaming = None;
-            s.promotions += 1;
-        }))
+    fn promote(&self, m: &Manager, _c: &mut Conn, _t: Duration) -> Result<(), BackendError> {
+        m.0.answer(false)?;
+        let mut s = m.0.state.lock();
+        s.role = Role::Writable;
+        s.epoch += 1;
+        s.upstream_streaming = None;
+        s.promotions += 1;
+        Ok(())
     }
 }
 
