@@ -47,6 +47,7 @@ mod observation;
 mod policy;
 mod pool;
 mod prober;
+mod sever;
 mod side;
 mod status;
 mod subpool;

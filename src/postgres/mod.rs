@@ -46,7 +46,6 @@
 mod backend;
 mod connection;
 mod manager;
-mod socket;
 
 pub use backend::PostgresBackend;
 pub use connection::PgConnection;
