@@ -2,26 +2,33 @@
 //! load running during every fault.
 
 use std::collections::HashSet;
+use std::io::Read as _;
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 mod common;
 
 use common::wait_until;
-use mirrorpool::postgres::{PostgresManager, PostgresPool};
-use mirrorpool::testkit::{PgPair, ProxyMode, TcpProxy, APP_PASSWORD};
-use mirrorpool::{Blocked, Builder, Error, Health, Lag, Refusal, Role, Side, SwitchReason};
+use mirrorpool::postgres::{PostgresBackend, PostgresManager, PostgresPool};
+use mirrorpool::testkit::{Grants, PgPair, ProxyMode, TcpProxy, APP_PASSWORD};
+use mirrorpool::{
+    Access, Backend, Blocked, Builder, Error, Fault, Health, Lag, ManageConnection, Observation,
+    Refusal, Role, Side, SwitchReason, Upstream,
+};
 use postgres::NoTls;
 
 const LONG: Duration = Duration::from_secs(30);
 
-/// A pair with a table for writers. Fails with the testkit's message (naming the packages to
-/// install) if PostgreSQL is missing.
-fn pair(synchronous: bool) -> PgPair {
+/// A pair with a table for writers, used by the least-privilege application role with exactly
+/// `grants` (promotion tests: `Grants::all()`, since promoting needs EXECUTE on pg_promote and
+/// confirming the primary's failure needs pg_monitor). Fails with the testkit's message
+/// (naming the packages to install) if PostgreSQL is missing.
+fn pair(synchronous: bool, grants: Grants) -> PgPair {
     let pair = PgPair::builder()
         .synchronous(synchronous)
+        .app_grants(grants)
         .start()
         .unwrap_or_else(|e| panic!("cannot start a PostgreSQL pair: {e}"));
     pair.primary()
@@ -197,7 +204,7 @@ fn rows(server: &mirrorpool::testkit::PgServer) -> HashSet<(i32, i64)> {
 
 #[test]
 fn sigkill_of_the_primary_promotes_the_mirror_loses_no_acknowledged_write_and_fails_no_get() {
-    let pair = pair(true);
+    let pair = pair(true, Grants::all());
     let pool = pool(&pair, builder().promote_on_failover(true));
     both_up(&pool);
     let writers = Writers::start(&pool, 8);
@@ -247,7 +254,7 @@ fn sigkill_of_the_primary_promotes_the_mirror_loses_no_acknowledged_write_and_fa
 
 #[test]
 fn immediate_shutdown_of_the_primary_fails_over() {
-    let pair = pair(false);
+    let pair = pair(false, Grants::all());
     let pool = pool(&pair, builder().promote_on_failover(true));
     both_up(&pool);
     let writers = Writers::start(&pool, 4);
@@ -262,7 +269,7 @@ fn immediate_shutdown_of_the_primary_fails_over() {
 
 #[test]
 fn a_hung_primary_is_switched_away_from_and_fenced_when_it_resumes() {
-    let pair = pair(false);
+    let pair = pair(false, Grants::all());
     let pool = pool(&pair, builder().promote_on_failover(true));
     both_up(&pool);
     let writers = Writers::start(&pool, 4);
@@ -333,7 +340,7 @@ fn writers_left_and_came_back(pool: &PostgresPool<NoTls>) {
 
 #[test]
 fn a_black_holed_primary_is_not_promoted_over_while_the_mirror_still_streams_from_it() {
-    let pair = pair(false);
+    let pair = pair(false, Grants::all());
     let proxy = TcpProxy::start(([127, 0, 0, 1], pair.primary().port()).into()).unwrap();
     let pool = pool_on(&pair, proxy.port(), builder().promote_on_failover(true));
     both_up(&pool);
@@ -382,7 +389,7 @@ fn a_black_holed_primary_is_not_promoted_over_while_the_mirror_still_streams_fro
 
 #[test]
 fn an_isolated_primary_black_holed_for_everyone_is_switched_away_from_within_seconds() {
-    let pair = pair(false);
+    let pair = pair(false, Grants::all());
     // Route the mirror's replication through a second proxy, so one cut isolates the primary.
     let app_proxy = TcpProxy::start(([127, 0, 0, 1], pair.primary().port()).into()).unwrap();
     let repl_proxy = TcpProxy::start(([127, 0, 0, 1], pair.primary().port()).into()).unwrap();
@@ -414,7 +421,7 @@ fn an_isolated_primary_black_holed_for_everyone_is_switched_away_from_within_sec
 
 #[test]
 fn a_cut_network_without_promotion_blocks_writers_with_a_clear_error_and_recovers() {
-    let pair = pair(false);
+    let pair = pair(false, Grants::none());
     let proxy = TcpProxy::start(([127, 0, 0, 1], pair.primary().port()).into()).unwrap();
     let pool = pool_on(
         &pair,
@@ -458,7 +465,7 @@ fn a_cut_network_without_promotion_blocks_writers_with_a_clear_error_and_recover
 
 #[test]
 fn a_restarted_primary_is_served_again_when_nobody_promoted() {
-    let pair = pair(false);
+    let pair = pair(false, Grants::none());
     let pool = pool(&pair, builder());
     both_up(&pool);
     let writers = Writers::start(&pool, 4);
@@ -476,7 +483,7 @@ fn a_restarted_primary_is_served_again_when_nobody_promoted() {
 
 #[test]
 fn an_external_promotion_is_followed_without_the_pool_promoting() {
-    let pair = pair(false);
+    let pair = pair(false, Grants::none());
     let pool = pool(&pair, builder());
     both_up(&pool);
     let writers = Writers::start(&pool, 4);
@@ -501,7 +508,7 @@ fn an_external_promotion_is_followed_without_the_pool_promoting() {
 
 #[test]
 fn a_dead_mirror_with_a_healthy_primary_causes_no_switch() {
-    let pair = pair(false);
+    let pair = pair(false, Grants::all());
     let pool = pool(&pair, builder().promote_on_failover(true));
     both_up(&pool);
     let writers = Writers::start(&pool, 4);
@@ -526,7 +533,7 @@ fn a_dead_mirror_with_a_healthy_primary_causes_no_switch() {
 
 #[test]
 fn with_both_down_get_names_both_sides_and_the_pool_recovers_when_one_returns() {
-    let pair = pair(false);
+    let pair = pair(false, Grants::none());
     let pool = pool(&pair, builder());
     both_up(&pool);
     let writers = Writers::start(&pool, 4);
@@ -553,7 +560,7 @@ fn with_both_down_get_names_both_sides_and_the_pool_recovers_when_one_returns() 
 
 #[test]
 fn the_lag_gate_refuses_to_promote_a_mirror_that_is_far_behind() {
-    let pair = pair(false);
+    let pair = pair(false, Grants::all());
     let pool = pool(
         &pair,
         builder()
@@ -604,7 +611,7 @@ fn the_lag_gate_refuses_to_promote_a_mirror_that_is_far_behind() {
 
 #[test]
 fn after_a_promotion_a_restarted_old_primary_is_fenced_and_reported() {
-    let pair = pair(false);
+    let pair = pair(false, Grants::all());
     let pool = pool(
         &pair,
         builder()
@@ -659,7 +666,7 @@ fn after_a_promotion_a_restarted_old_primary_is_fenced_and_reported() {
 
 #[test]
 fn repeated_switches_under_load_leak_no_server_connections() {
-    let pair = pair(false);
+    let pair = pair(false, Grants::none());
     // Role-blind backend so switches can go both ways on a healthy pair (reads only).
     let max = 4u32;
     // Generous heartbeat bounds: this test is about connection accounting, and a starved
@@ -731,7 +738,7 @@ fn repeated_switches_under_load_leak_no_server_connections() {
 
 #[test]
 fn wrong_credentials_and_unreachable_hosts_are_clear_errors_without_secrets() {
-    let pair = pair(false);
+    let pair = pair(false, Grants::none());
     let mut wrong = pair.primary().app_config();
     wrong.password("not-the-password");
     let pool = mirrorpool::postgres::builder()
@@ -766,7 +773,7 @@ fn wrong_credentials_and_unreachable_hosts_are_clear_errors_without_secrets() {
 
 #[test]
 fn reset_on_return_discards_session_state() {
-    let pair = pair(false);
+    let pair = pair(false, Grants::none());
     let pool = pool(
         &pair,
         builder()
@@ -795,7 +802,7 @@ fn reset_on_return_discards_session_state() {
 
 #[test]
 fn status_reports_roles_timelines_and_replication() {
-    let pair = pair(true);
+    let pair = pair(true, Grants::none().replication_status(true));
     let pool = pool(&pair, builder());
     both_up(&pool);
     assert!(
@@ -823,7 +830,7 @@ fn status_reports_roles_timelines_and_replication() {
 
 #[test]
 fn two_pools_on_one_cluster_promote_once_and_both_follow() {
-    let pair = pair(true);
+    let pair = pair(true, Grants::all());
     let a = pool(&pair, builder().promote_on_failover(true));
     let b = pool(&pair, builder().promote_on_failover(true));
     both_up(&a);
@@ -861,4 +868,405 @@ fn two_pools_on_one_cluster_promote_once_and_both_follow() {
         assert_eq!(s.active, Side::Mirror);
         assert_eq!(s.mirror.epoch, Some(2));
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bounded calls: connects, resets and promotions never wait forever on a silent server.
+
+/// A TCP listener that accepts connections and never sends a byte, like a stopped server
+/// process whose kernel still completes handshakes, or a port taken by something else. Holds
+/// every accepted socket until dropped.
+struct SilentServer {
+    port: u16,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl SilentServer {
+    fn start() -> SilentServer {
+        let listener = std::net::TcpListener::bind(("127.0.0.1", 0)).expect("bind");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let port = listener.local_addr().expect("local addr").port();
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        let thread = thread::spawn(move || {
+            let mut held = Vec::new();
+            let deadline = Instant::now() + Duration::from_secs(300);
+            while !s.load(Ordering::Relaxed) && Instant::now() < deadline {
+                match listener.accept() {
+                    Ok((stream, _)) => held.push(stream),
+                    Err(_) => thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        SilentServer {
+            port,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn manager(&self, connect_timeout: Duration) -> PostgresManager<NoTls> {
+        let mut config = postgres::Config::new();
+        config
+            .host("127.0.0.1")
+            .port(self.port)
+            .user("app")
+            .password("secret")
+            .dbname("app")
+            .connect_timeout(connect_timeout);
+        PostgresManager::new(config, NoTls)
+    }
+}
+
+impl Drop for SilentServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Threads of this process whose name starts with "mirrorpool" (`comm` holds the first 15
+/// characters of a thread's name).
+fn mirrorpool_threads() -> Vec<String> {
+    std::fs::read_dir("/proc/self/task")
+        .map(|d| {
+            d.filter_map(|t| t.ok())
+                .filter_map(|t| std::fs::read_to_string(t.path().join("comm")).ok())
+                .map(|c| c.trim_end().to_owned())
+                .filter(|c| c.starts_with("mirrorpool"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_connect_to_a_server_that_accepts_but_never_answers_fails_within_the_connect_timeout() {
+    let _ = env_logger::builder().is_test(true).try_init();
+    let silent = SilentServer::start();
+    let timeout = Duration::from_millis(500);
+    let manager = silent.manager(timeout);
+    let (tx, rx) = mpsc::channel();
+    let started = Instant::now();
+    thread::spawn(move || {
+        let result = manager.connect().map(|_| ()).map_err(|e| e.to_string());
+        let _ = tx.send((result, started.elapsed()));
+    });
+    let (result, took) = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the connect returned");
+    assert!(result.is_err(), "{result:?}");
+    eprintln!("connect to a silent server failed after {took:?}: {result:?}");
+    assert!(took >= timeout, "{took:?}");
+    assert!(took < timeout + Duration::from_millis(1500), "{took:?}");
+}
+
+/// Run alone in a process of its own by the next test (it counts the process's threads).
+#[test]
+#[ignore = "run in a child process by a_pool_on_servers_that_never_answer_leaves_no_thread_behind"]
+fn child_pool_on_silent_servers() {
+    if std::env::var_os("MIRRORPOOL_SILENT_POOL_CHILD").is_none() {
+        return;
+    }
+    let (p, m) = (SilentServer::start(), SilentServer::start());
+    let connect_timeout = Duration::from_secs(1);
+    let pool = mirrorpool::postgres::builder()
+        .max_size(4)
+        .min_idle(3)
+        .mirror_min_idle(3)
+        .connection_timeout(Duration::from_millis(300))
+        .build(p.manager(connect_timeout), m.manager(connect_timeout))
+        .expect("valid configuration");
+    // Connects and heartbeats are now stuck in start-up exchanges that never get an answer.
+    thread::sleep(Duration::from_millis(700));
+    assert!(pool.get().is_err());
+    assert!(!mirrorpool_threads().is_empty());
+    let dropped = Instant::now();
+    drop(pool);
+    let bound = connect_timeout + Duration::from_secs(3);
+    let mut left = mirrorpool_threads();
+    while !left.is_empty() && dropped.elapsed() < bound {
+        thread::sleep(Duration::from_millis(50));
+        left = mirrorpool_threads();
+    }
+    assert!(
+        left.is_empty(),
+        "{} s after the pool was dropped these threads remain: {left:?}",
+        bound.as_secs()
+    );
+    eprintln!(
+        "all mirrorpool threads ended {:?} after the drop",
+        dropped.elapsed()
+    );
+}
+
+#[test]
+fn a_pool_on_servers_that_never_answer_leaves_no_thread_behind() {
+    let exe = std::env::current_exe().expect("test binary");
+    let mut child = std::process::Command::new(exe)
+        .args([
+            "--exact",
+            "child_pool_on_silent_servers",
+            "--include-ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("MIRRORPOOL_SILENT_POOL_CHILD", "1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn the child test");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for the child") {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the child test did not end within 60 s");
+        }
+        thread::sleep(Duration::from_millis(50));
+    };
+    let mut out = String::new();
+    for pipe in [
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn std::io::Read>),
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn std::io::Read>),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        let mut p = pipe;
+        let _ = p.read_to_string(&mut out);
+    }
+    assert!(status.success(), "child test failed:\n{out}");
+    assert!(
+        out.contains("1 passed"),
+        "the child test did not run:\n{out}"
+    );
+}
+
+#[test]
+fn returning_a_connection_to_a_hung_server_with_reset_on_return_takes_at_most_the_reset_timeout() {
+    let _ = env_logger::builder().is_test(true).try_init();
+    let pair = pair(false, Grants::none());
+    let reset_timeout = Duration::from_millis(300);
+    let pool = builder()
+        .max_size(2)
+        .min_idle(1)
+        .mirror_min_idle(1)
+        .reset_on_return(true)
+        // This test is about the returning thread, not about failing over.
+        .failure_threshold(1000)
+        .build(
+            PostgresManager::new(pair.primary().app_config(), NoTls).reset_timeout(reset_timeout),
+            PostgresManager::new(pair.mirror().app_config(), NoTls),
+        )
+        .expect("valid configuration");
+    let conn = pool.get().unwrap();
+    assert_eq!(conn.side(), Side::Primary);
+    assert!(conn.severable());
+    let guard = pair.primary().pause_guard().unwrap();
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        let started = Instant::now();
+        drop(conn);
+        let _ = tx.send(started.elapsed());
+    });
+    let took = rx.recv_timeout(Duration::from_secs(10));
+    drop(guard);
+    let took = took.expect("the returning thread was released");
+    eprintln!("returning a connection to a hung server took {took:?}");
+    assert!(took >= reset_timeout, "{took:?}");
+    assert!(
+        took < reset_timeout + Duration::from_millis(1200),
+        "{took:?}"
+    );
+}
+
+#[test]
+fn a_promotion_that_does_not_finish_in_time_fails_with_a_plain_error() {
+    let pair = pair(false, Grants::all());
+    // Stop the mirror's startup process: pg_promote() is accepted, recovery never ends.
+    let startup: Vec<u32> = pair
+        .mirror()
+        .child_pids()
+        .into_iter()
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/cmdline"))
+                .is_ok_and(|c| c.contains("startup"))
+        })
+        .collect();
+    assert_eq!(startup.len(), 1, "{startup:?}");
+    let signal = |sig: &str| {
+        let ok = std::process::Command::new("kill")
+            .args([sig, &startup[0].to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill {sig}");
+    };
+    signal("-STOP");
+    let manager = PostgresManager::new(pair.mirror().app_config(), NoTls);
+    let mut conn = manager.connect().unwrap();
+    let started = Instant::now();
+    let result = PostgresBackend.promote(&manager, &mut conn, Duration::from_millis(300));
+    let took = started.elapsed();
+    signal("-CONT");
+    let err = result.unwrap_err().to_string();
+    assert!(
+        err.starts_with("the promoted server was still in recovery at the promotion timeout"),
+        "{err}"
+    );
+    assert!(took < Duration::from_secs(3), "{took:?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// What a heartbeat reports, as a least-privilege role and with each grant.
+
+fn observe(config: postgres::Config) -> Observation {
+    let manager = PostgresManager::new(config, NoTls);
+    let mut conn = manager.connect().expect("connect");
+    PostgresBackend
+        .probe(&manager, &mut conn, Duration::from_secs(5))
+        .expect("heartbeat")
+}
+
+fn upstream(obs: &Observation) -> Upstream {
+    obs.replication()
+        .and_then(|r| r.upstream)
+        .expect("a replica reports its upstream")
+}
+
+#[test]
+fn heartbeats_say_what_the_role_cannot_see_instead_of_reporting_it_as_false() {
+    let pair = pair(false, Grants::none());
+    pair.create_role("monitor", Grants::none().replication_status(true))
+        .unwrap();
+    pair.create_role("promoter", Grants::none().promote(true))
+        .unwrap();
+    let (primary, mirror) = (pair.primary(), pair.mirror());
+
+    // No pg_monitor: the WAL receiver's state is unknown, not "stopped".
+    let m = observe(mirror.app_config());
+    assert_eq!(m.role(), Role::ReadOnly);
+    assert_eq!(upstream(&m).streaming, None, "{m:?}");
+    assert_eq!(upstream(&m).silence, None, "{m:?}");
+    let denied = |a: Access, what: &str| matches!(a, Access::Denied(t) if t.contains(what));
+    assert!(
+        denied(m.privileges().replication_status, "GRANT pg_monitor"),
+        "{m:?}"
+    );
+    assert!(denied(m.privileges().promote, "pg_promote"), "{m:?}");
+    let p = observe(primary.app_config());
+    let r = p.replication().copied().unwrap_or_default();
+    assert_eq!(r.replicas_attached, None, "{p:?}");
+    assert_eq!(r.lag_bytes, None, "{p:?}");
+
+    // With pg_monitor: streaming, and the primary sees its replica.
+    let m = observe(mirror.role_config("monitor"));
+    assert_eq!(upstream(&m).streaming, Some(true), "{m:?}");
+    assert!(upstream(&m).silence.is_some(), "{m:?}");
+    assert_eq!(m.privileges().replication_status, Access::Granted);
+    assert!(denied(m.privileges().promote, "pg_promote"), "{m:?}");
+    let p = observe(primary.role_config("monitor"));
+    assert_eq!(
+        p.replication().and_then(|r| r.replicas_attached),
+        Some(1),
+        "{p:?}"
+    );
+
+    // With EXECUTE on pg_promote only.
+    let m = observe(mirror.role_config("promoter"));
+    assert_eq!(m.privileges().promote, Access::Granted);
+    assert!(denied(m.privileges().replication_status, "pg_monitor"));
+    assert_eq!(upstream(&m).streaming, None);
+
+    // A receiver that is not running is "not streaming" for every role: no row is visible.
+    pair.primary().kill().unwrap();
+    assert!(
+        wait_until(LONG, || upstream(&observe(mirror.app_config())).streaming
+            == Some(false)),
+        "the mirror still reports a receiver"
+    );
+}
+
+#[test]
+fn heartbeats_tell_the_servers_of_a_pair_apart_and_recognise_one_server_reached_twice() {
+    let pair = pair(false, Grants::none());
+    let proxy = TcpProxy::start(([127, 0, 0, 1], pair.primary().port()).into()).unwrap();
+    let direct = observe(pair.primary().app_config())
+        .identity()
+        .expect("identity");
+    let proxied = observe(pair.primary().app_config_on_port(proxy.port()))
+        .identity()
+        .expect("identity");
+    let mirror = observe(pair.mirror().app_config())
+        .identity()
+        .expect("identity");
+    assert_eq!(direct, proxied, "one server reached twice");
+    assert_ne!(direct.instance, mirror.instance, "two servers");
+    // A replica belongs to its primary's cluster (pg_control_system() is readable by default).
+    assert!(direct.cluster.is_some());
+    assert_eq!(direct.cluster, mirror.cluster);
+    // An unrelated cluster differs.
+    let other = self::pair(false, Grants::none());
+    let stranger = observe(other.primary().app_config())
+        .identity()
+        .expect("identity");
+    assert_ne!(stranger.cluster, direct.cluster);
+    assert_ne!(stranger.instance, direct.instance);
+}
+
+#[test]
+fn the_reported_wal_position_grows_with_writes_and_the_mirror_replays_up_to_it() {
+    let pair = pair(false, Grants::none());
+    let position = |config| {
+        observe(config)
+            .replication()
+            .and_then(|r| r.position)
+            .expect("a position")
+    };
+    let before = position(pair.primary().app_config());
+    let mut app = pair.primary().app_config().connect(NoTls).unwrap();
+    app.execute(
+        "INSERT INTO t SELECT 1, g FROM generate_series(1, 1000) g",
+        &[],
+    )
+    .unwrap();
+    let after = position(pair.primary().app_config());
+    assert!(after > before + 1000, "{before} -> {after}");
+    assert!(
+        wait_until(LONG, || position(pair.mirror().app_config()) >= after),
+        "the mirror did not replay up to {after}"
+    );
+}
+
+#[test]
+fn too_many_connections_is_classified_as_capacity_not_failure() {
+    let pair = PgPair::builder()
+        .setting("max_connections", "6")
+        .setting("superuser_reserved_connections", "3")
+        .start()
+        .unwrap_or_else(|e| panic!("cannot start a PostgreSQL pair: {e}"));
+    let mut held = Vec::new();
+    let err = loop {
+        match pair.primary().app_config().connect(NoTls) {
+            Ok(c) => held.push(c),
+            Err(e) => break e,
+        }
+        assert!(held.len() < 10, "the connection limit was not enforced");
+    };
+    assert_eq!(
+        Backend::<PostgresManager<NoTls>>::classify(&PostgresBackend, &err),
+        Fault::TooManyConnections,
+        "{err:?}"
+    );
 }
