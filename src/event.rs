@@ -1,7 +1,8 @@
 //! Failover events and the trait that receives them.
 //!
 //! Every event is also logged through the `log` crate: switches, downs and refusals at `warn`,
-//! split brain at `error`, recoveries and drains at `info`, heartbeat failures at `debug`.
+//! split brain and configuration problems at `error`, recoveries and drains at `info`,
+//! heartbeat failures at `debug`.
 
 use std::fmt;
 use std::time::Duration;
@@ -230,8 +231,29 @@ impl PromotionEvent {
     }
 }
 
+/// The pool found, on a side's heartbeat, a configuration problem that will refuse
+/// failovers: a privilege the configured features need is missing, or both sides are the
+/// same server. Reported once per problem, as soon as it is seen (also logged at `error`).
+#[derive(Debug, Clone)]
+pub struct MisconfigurationEvent {
+    pub(crate) side: Side,
+    pub(crate) problem: Refusal,
+}
+
+impl MisconfigurationEvent {
+    /// The side whose heartbeat showed it.
+    pub fn side(&self) -> Side {
+        self.side
+    }
+    /// The problem, as the refusal it will cause.
+    pub fn problem(&self) -> &Refusal {
+        &self.problem
+    }
+}
+
 /// Receives failover events, on the monitor thread. Every method defaults to doing nothing.
-/// Keep handlers quick: the monitor waits for them.
+/// Keep handlers quick: the monitor waits for them. A handler that panics is logged at
+/// `error` and the pool carries on.
 pub trait HandleEvent: fmt::Debug + Send + Sync + 'static {
     /// A side was marked down.
     fn handle_side_down(&self, event: SideDownEvent) {
@@ -263,6 +285,10 @@ pub trait HandleEvent: fmt::Debug + Send + Sync + 'static {
     }
     /// A promotion finished.
     fn handle_promotion(&self, event: PromotionEvent) {
+        let _ = event;
+    }
+    /// A configuration problem was found.
+    fn handle_misconfiguration(&self, event: MisconfigurationEvent) {
         let _ = event;
     }
 }

@@ -9,7 +9,10 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use r2d2::ManageConnection;
 
-use crate::backend::Backend;
+use crate::backend::{Backend, BackendError};
+use crate::clock::millis;
+use crate::report::catch;
+use crate::shared::Shared;
 use crate::error::Cause;
 use crate::observation::Observation;
 use crate::side::Side;
@@ -45,42 +48,43 @@ pub(crate) enum Reply {
     },
 }
 
-/// One side's current prober thread, replaced when abandoned.
-pub(crate) struct Prober<M: ManageConnection> {
+/// What every prober thread of one side shares.
+struct Setup<M: ManageConnection> {
     side: Side,
     manager: Arc<M>,
     backend: Arc<dyn Backend<M>>,
     timeout: Duration,
     promotion_timeout: Duration,
     replies: Sender<Reply>,
+    epoch: Instant,
+    live_threads: AtomicUsize,
+}
+
+/// One side's current prober thread, replaced when abandoned.
+pub(crate) struct Prober<M: ManageConnection> {
+    setup: Arc<Setup<M>>,
     jobs: Option<Sender<Job>>,
     /// When the current thread started the call it is in, in ms since `epoch` (+1; 0: idle).
     busy_since: Arc<AtomicU64>,
-    epoch: Instant,
-    live_threads: Arc<AtomicUsize>,
     seq: u64,
 }
 
 impl<M: ManageConnection> Prober<M> {
-    pub(crate) fn new(
-        side: Side,
-        manager: Arc<M>,
-        backend: Arc<dyn Backend<M>>,
-        timeout: Duration,
-        promotion_timeout: Duration,
-        replies: Sender<Reply>,
-    ) -> Prober<M> {
+    pub(crate) fn new(side: Side, shared: Arc<Shared<M>>, replies: Sender<Reply>) -> Prober<M> {
+        let f = &shared.config.failover;
         Prober {
-            side,
-            manager,
-            backend,
-            timeout,
-            promotion_timeout,
-            replies,
+            setup: Arc::new(Setup {
+                side,
+                manager: shared.sides[side].manager.clone(),
+                backend: shared.backend.clone(),
+                timeout: f.heartbeat_timeout,
+                promotion_timeout: f.promotion_timeout,
+                replies,
+                epoch: Instant::now(),
+                live_threads: AtomicUsize::new(0),
+            }),
             jobs: None,
             busy_since: Arc::new(AtomicU64::new(0)),
-            epoch: Instant::now(),
-            live_threads: Arc::new(AtomicUsize::new(0)),
             seq: 0,
         }
     }
@@ -114,9 +118,13 @@ impl<M: ManageConnection> Prober<M> {
         if since == 0 {
             return false;
         }
-        let limit = (self.timeout * REPLACE_AFTER_TIMEOUTS).max(MIN_REPLACE_AFTER);
-        let now_ms = self.epoch.elapsed().as_millis() as u64 + 1;
-        now_ms.saturating_sub(since) >= limit.as_millis() as u64
+        let limit = self
+            .setup
+            .timeout
+            .saturating_mul(REPLACE_AFTER_TIMEOUTS)
+            .max(MIN_REPLACE_AFTER);
+        let now_ms = millis(self.setup.epoch.elapsed()).saturating_add(1);
+        now_ms.saturating_sub(since) >= millis(limit)
     }
 
     fn send(&mut self, job: Job) {
@@ -141,30 +149,31 @@ impl<M: ManageConnection> Prober<M> {
             None => Some((job, "earlier heartbeats are still hung")),
         };
         if let Some((job, why)) = failed {
+            let side = self.setup.side;
             let why = Cause::new(format!(
-                "heartbeat to the {} not run: {why} (at most {MAX_HUNG_PROBERS} hung heartbeat threads)",
-                self.side
+                "heartbeat to the {side} not run: {why} (at most {MAX_HUNG_PROBERS} hung heartbeat threads)"
             ));
             let reply = match job {
                 Job::Probe { seq } => Reply::Probe {
-                    side: self.side,
+                    side,
                     seq,
                     result: Err(why),
                     rtt: Duration::ZERO,
                 },
                 Job::Promote { seq } => Reply::Promote {
-                    side: self.side,
+                    side,
                     seq,
                     result: Err(why),
                 },
             };
-            let _ = self.replies.send(reply);
+            let _ = self.setup.replies.send(reply);
         }
     }
 
     fn spawn(&mut self) -> Option<Sender<Job>> {
+        let setup = &self.setup;
         // One live thread is the current prober; more are hung ones.
-        if self.live_threads.load(Ordering::Acquire) > MAX_HUNG_PROBERS {
+        if setup.live_threads.load(Ordering::Acquire) > MAX_HUNG_PROBERS {
             return None;
         }
         let (tx, rx) = crossbeam_channel::bounded(1);
@@ -172,18 +181,11 @@ impl<M: ManageConnection> Prober<M> {
         let busy_since = Arc::new(AtomicU64::new(0));
         let worker = Worker {
             busy_since: busy_since.clone(),
-            epoch: self.epoch,
-            side: self.side,
-            manager: self.manager.clone(),
-            backend: self.backend.clone(),
-            timeout: self.timeout,
-            promotion_timeout: self.promotion_timeout,
-            replies: self.replies.clone(),
-            live: self.live_threads.clone(),
+            setup: setup.clone(),
         };
-        self.live_threads.fetch_add(1, Ordering::AcqRel);
+        setup.live_threads.fetch_add(1, Ordering::AcqRel);
         let spawned = thread::Builder::new()
-            .name(format!("mirrorpool-heartbeat-{}", self.side))
+            .name(format!("mirrorpool-heartbeat-{}", setup.side))
             .spawn(move || worker.run(rx));
         match spawned {
             Ok(_) => {
@@ -191,10 +193,10 @@ impl<M: ManageConnection> Prober<M> {
                 Some(tx)
             }
             Err(e) => {
-                self.live_threads.fetch_sub(1, Ordering::AcqRel);
+                setup.live_threads.fetch_sub(1, Ordering::AcqRel);
                 log::error!(
                     "could not start a heartbeat thread for the {}: {e}",
-                    self.side
+                    setup.side
                 );
                 None
             }
@@ -204,29 +206,40 @@ impl<M: ManageConnection> Prober<M> {
 
 struct Worker<M: ManageConnection> {
     busy_since: Arc<AtomicU64>,
-    epoch: Instant,
-    side: Side,
-    manager: Arc<M>,
-    backend: Arc<dyn Backend<M>>,
-    timeout: Duration,
-    promotion_timeout: Duration,
-    replies: Sender<Reply>,
-    live: Arc<AtomicUsize>,
+    setup: Arc<Setup<M>>,
 }
 
 impl<M: ManageConnection> Worker<M> {
     /// Runs `call` on the heartbeat connection, opening one if needed. A connection whose call
-    /// failed is dropped, so the next job starts from a fresh one.
+    /// failed is dropped, so the next job starts from a fresh one. A panic in the manager or
+    /// the backend is the call's error; the connection it panicked on is dropped.
     fn with_conn<T>(
         &self,
         conn: &mut Option<M::Connection>,
-        call: impl FnOnce(&mut M::Connection) -> Result<T, Cause>,
+        call: impl FnOnce(&mut M::Connection) -> Result<T, BackendError>,
     ) -> Result<T, Cause> {
+        let s = &self.setup;
         let mut c = match conn.take() {
             Some(c) => c,
-            None => self.manager.connect().map_err(|e| Cause::capture(&e))?,
+            None => match catch(|| s.manager.connect()) {
+                Ok(Ok(c)) => c,
+                Ok(Err(e)) => return Err(Cause::capture(&e)),
+                Err(msg) => {
+                    return Err(Cause::new(format!(
+                        "the connection manager panicked connecting to the {}: {msg}",
+                        s.side
+                    )))
+                }
+            },
         };
-        let result = call(&mut c);
+        let result = match catch(|| call(&mut c)) {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(Cause::capture(&*e)),
+            Err(msg) => Err(Cause::new(format!(
+                "the backend panicked on the {}: {msg}",
+                s.side
+            ))),
+        };
         if result.is_ok() {
             *conn = Some(c);
         }
@@ -234,42 +247,39 @@ impl<M: ManageConnection> Worker<M> {
     }
 
     fn run(self, jobs: Receiver<Job>) {
+        let s = self.setup.clone();
         let mut conn: Option<M::Connection> = None;
         // Ends when the monitor drops its sender (abandon or shutdown) or stops listening.
         while let Ok(job) = jobs.recv() {
             let started = Instant::now();
-            let ms = self.epoch.elapsed().as_millis() as u64 + 1;
+            let ms = millis(s.epoch.elapsed()).saturating_add(1);
             self.busy_since.store(ms, Ordering::Release);
             let reply = match job {
                 Job::Probe { seq } => {
                     let result = self.with_conn(&mut conn, |c| {
-                        self.backend
-                            .probe(&self.manager, c, self.timeout)
-                            .map_err(|e| Cause::capture(&*e))
+                        s.backend.probe(&s.manager, c, s.timeout)
                     });
                     Reply::Probe {
-                        side: self.side,
+                        side: s.side,
                         seq,
                         result,
                         rtt: started.elapsed(),
                     }
                 }
                 Job::Promote { seq } => Reply::Promote {
-                    side: self.side,
+                    side: s.side,
                     seq,
                     result: self.with_conn(&mut conn, |c| {
-                        self.backend
-                            .promote(&self.manager, c, self.promotion_timeout)
-                            .map_err(|e| Cause::capture(&*e))
+                        s.backend.promote(&s.manager, c, s.promotion_timeout)
                     }),
                 },
             };
             self.busy_since.store(0, Ordering::Release);
-            if self.replies.send(reply).is_err() {
+            if s.replies.send(reply).is_err() {
                 break;
             }
         }
         drop(conn);
-        self.live.fetch_sub(1, Ordering::AcqRel);
+        s.live_threads.fetch_sub(1, Ordering::AcqRel);
     }
 }

@@ -12,7 +12,10 @@ mod common;
 use common::wait_until;
 use mirrorpool::postgres::{PostgresManager, PostgresPool};
 use mirrorpool::testkit::{PgPair, ProxyMode, TcpProxy, APP_PASSWORD};
-use mirrorpool::{Blocked, Builder, Error, Health, Lag, Refusal, Role, Side, SwitchReason};
+use mirrorpool::event::SwitchReason;
+use mirrorpool::{
+    Blocked, Builder, GetError, Health, Lag, PooledConnection, Refusal, Role, Side,
+};
 use postgres::NoTls;
 
 const LONG: Duration = Duration::from_secs(30);
@@ -116,7 +119,7 @@ impl Writers {
                             }
                         };
                         seq += 1;
-                        let side = conn.side();
+                        let side = PooledConnection::side(&conn);
                         match conn
                             .execute("INSERT INTO t (writer, seq) VALUES ($1, $2)", &[&w, &seq])
                         {
@@ -128,7 +131,7 @@ impl Writers {
                                     .push((w, seq, side, Instant::now()))
                             }
                             Err(e) => {
-                                conn.report(&e);
+                                PooledConnection::report(&mut conn, &e);
                                 outcome.lock().unwrap().statement_errors += 1;
                             }
                         }
@@ -428,7 +431,7 @@ fn a_cut_network_without_promotion_blocks_writers_with_a_clear_error_and_recover
     assert!(wait_until(LONG, || pool.status().primary.health == Health::Down));
     let started = Instant::now();
     match pool.get_timeout(Duration::from_millis(500)) {
-        Err(e @ Error::Unavailable { .. }) => {
+        Err(e @ GetError::Unavailable { .. }) => {
             let msg = e.to_string();
             assert!(msg.contains("no side accepts writes"), "{msg}");
             assert!(msg.contains("primary is down"), "{msg}");
@@ -637,7 +640,7 @@ fn after_a_promotion_a_restarted_old_primary_is_fenced_and_reported() {
     // Writes go to the new primary only, even with automatic failback configured.
     for i in 0..50 {
         let mut c = pool.get().unwrap();
-        assert_eq!(c.side(), Side::Mirror);
+        assert_eq!(PooledConnection::side(&c), Side::Mirror);
         c.execute("INSERT INTO t VALUES (500, $1)", &[&i64::from(i)])
             .unwrap();
     }
@@ -818,7 +821,8 @@ fn status_reports_roles_timelines_and_replication() {
     // The backend classifies a write on the replica as "not writable".
     let mut c = pool.get_from(Side::Mirror).unwrap();
     let e = c.execute("INSERT INTO t VALUES (1, 1)", &[]).unwrap_err();
-    assert_eq!(c.report(&e), mirrorpool::Fault::NotWritable);
+    assert_eq!(PooledConnection::report(&mut c, &e),
+        mirrorpool::backend::Fault::NotWritable);
 }
 
 #[test]

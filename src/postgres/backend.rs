@@ -10,7 +10,7 @@ use postgres::Client;
 use super::connection::PgConnection;
 
 use super::manager::{MakeTls, PostgresManager};
-use crate::backend::{Backend, BackendError, Fault};
+use crate::backend::{Backend, BackendError, Capabilities, Fault, LagKind};
 use crate::observation::{Observation, Replication, Role, Upstream};
 
 /// One round trip that tells what a server is. Branches that only work on a primary
@@ -123,6 +123,15 @@ impl PostgresBackend {
 }
 
 impl<T: MakeTls> Backend<PostgresManager<T>> for PostgresBackend {
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::NONE
+            .with_roles()
+            .with_promote()
+            .with_upstream()
+            .with_lag(LagKind::Bytes)
+            .with_lag(LagKind::Time)
+    }
+
     fn probe(
         &self,
         _manager: &PostgresManager<T>,

@@ -232,10 +232,10 @@ impl ManageConnection for Manager {
 pub struct ScriptedBackend;
 
 impl Backend<Manager> for ScriptedBackend {
-    fn classify(&self, error: &ScriptError) -> mirrorpool::Fault {
+    fn classify(&self, error: &ScriptError) -> mirrorpool::backend::Fault {
         match error.cause.to_string().as_str() {
-            "connection refused" | "connection reset" => mirrorpool::Fault::ConnectionLost,
-            _ => mirrorpool::Fault::Other,
+            "connection refused" | "connection reset" => mirrorpool::backend::Fault::ConnectionLost,
+            _ => mirrorpool::backend::Fault::Other,
         }
     }
 
@@ -303,19 +303,19 @@ impl Recorder {
 }
 
 impl mirrorpool::HandleEvent for Recorder {
-    fn handle_side_down(&self, e: mirrorpool::SideDownEvent) {
+    fn handle_side_down(&self, e: mirrorpool::event::SideDownEvent) {
         self.push(format!("down {}", e.side()));
     }
-    fn handle_side_up(&self, e: mirrorpool::SideUpEvent) {
+    fn handle_side_up(&self, e: mirrorpool::event::SideUpEvent) {
         self.push(format!("up {}", e.side()));
     }
-    fn handle_switch(&self, e: mirrorpool::SwitchEvent) {
+    fn handle_switch(&self, e: mirrorpool::event::SwitchEvent) {
         self.push(format!("switch {}->{} {:?}", e.from(), e.to(), e.reason()));
     }
-    fn handle_drain(&self, e: mirrorpool::DrainEvent) {
+    fn handle_drain(&self, e: mirrorpool::event::DrainEvent) {
         self.push(format!("drain {} {}", e.side(), e.closed()));
     }
-    fn handle_heartbeat_failure(&self, e: mirrorpool::HeartbeatFailureEvent) {
+    fn handle_heartbeat_failure(&self, e: mirrorpool::event::HeartbeatFailureEvent) {
         self.push(format!(
             "hbfail {} {} timeout={}",
             e.side(),
@@ -323,17 +323,17 @@ impl mirrorpool::HandleEvent for Recorder {
             e.timed_out()
         ));
     }
-    fn handle_switch_refused(&self, e: mirrorpool::SwitchRefusedEvent) {
+    fn handle_switch_refused(&self, e: mirrorpool::event::SwitchRefusedEvent) {
         self.push(format!("refused {} {:?}", e.to(), e.reason()));
     }
-    fn handle_split_brain(&self, e: mirrorpool::SplitBrainEvent) {
+    fn handle_split_brain(&self, e: mirrorpool::event::SplitBrainEvent) {
         self.push(format!(
             "splitbrain writer={} fenced={}",
             e.writer(),
             e.fenced()
         ));
     }
-    fn handle_promotion(&self, e: mirrorpool::PromotionEvent) {
+    fn handle_promotion(&self, e: mirrorpool::event::PromotionEvent) {
         self.push(format!("promotion {} ok={}", e.side(), e.error().is_none()));
     }
 }
