@@ -183,6 +183,8 @@ pub(crate) struct Policy {
     reported: Vec<(Side, Refusal)>,
     /// Both sides reported the same server instance.
     same_server: bool,
+    /// The routing the runtime was last told (`Action::Route`).
+    published: (Side, Option<Blocked>),
 }
 
 impl Policy {
@@ -203,6 +205,7 @@ impl Policy {
             last_promote: None,
             reported: Vec::new(),
             same_server: false,
+            published: (Side::Primary, None),
         }
     }
 
@@ -587,7 +590,6 @@ impl Policy {
 
     /// Re-evaluates where writers go. Called after every input.
     fn decide(&mut self, now: Instant, out: &mut Vec<Action>) {
-        let before = (self.active, self.blocked.clone());
         let fencing = (self.fenced, self.split_brain);
         self.check_split_brain(now, out);
         let blocked = self.choose(now, out);
@@ -601,11 +603,13 @@ impl Policy {
                 split_brain: self.split_brain,
             });
         }
-        if (self.active, self.blocked.clone()) != before {
+        let routing = (self.active, self.blocked.clone());
+        if routing != self.published {
             out.push(Action::Route {
-                active: self.active,
-                blocked: self.blocked.clone(),
+                active: routing.0,
+                blocked: routing.1.clone(),
             });
+            self.published = routing;
         }
     }
 

@@ -8,7 +8,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mirrorpool::backend::{Backend, BackendError, Observation, Replication, Role, Upstream};
+use mirrorpool::backend::{
+    Backend, BackendError, Capabilities, LagKind, Observation, Replication, Role, Upstream,
+};
 use mirrorpool::ManageConnection;
 use parking_lot::{Condvar, Mutex};
 
@@ -38,6 +40,13 @@ struct State {
     probe_delay: Duration,
     promotions: u32,
     validations: u64,
+    /// Make these calls panic (a misbehaving user manager).
+    panic_connect: bool,
+    panic_is_valid: bool,
+    panic_has_broken: bool,
+    panic_probe: bool,
+    /// Make pool validations (`is_valid`) block until released.
+    hang_validations: bool,
 }
 
 /// One scripted server, shared by its manager, its connections and the test.
@@ -66,6 +75,11 @@ impl Server {
                 probe_delay: Duration::ZERO,
                 promotions: 0,
                 validations: 0,
+                panic_connect: false,
+                panic_is_valid: false,
+                panic_has_broken: false,
+                panic_probe: false,
+                hang_validations: false,
             }),
             changed: Condvar::new(),
             open: AtomicU64::new(0),
@@ -105,6 +119,21 @@ impl Server {
 
     pub fn set_hang_probes(&self, hang: bool) {
         self.state.lock().hang_probes = hang;
+        self.changed.notify_all();
+    }
+
+    /// Makes `connect`, `is_valid`, `has_broken` or the heartbeat panic (or stop panicking).
+    pub fn set_panics(&self, connect: bool, is_valid: bool, has_broken: bool, probe: bool) {
+        let mut s = self.state.lock();
+        s.panic_connect = connect;
+        s.panic_is_valid = is_valid;
+        s.panic_has_broken = has_broken;
+        s.panic_probe = probe;
+    }
+
+    /// Makes pool validations block until `set_hang_validations(false)`.
+    pub fn set_hang_validations(&self, hang: bool) {
+        self.state.lock().hang_validations = hang;
         self.changed.notify_all();
     }
 
@@ -204,6 +233,9 @@ impl ManageConnection for Manager {
     type Error = ScriptError;
 
     fn connect(&self) -> Result<Conn, ScriptError> {
+        if self.0.state.lock().panic_connect {
+            panic!("scripted panic in connect");
+        }
         self.0.answer(false)?;
         self.0.connects.fetch_add(1, Ordering::SeqCst);
         self.0.open.fetch_add(1, Ordering::SeqCst);
@@ -215,7 +247,19 @@ impl ManageConnection for Manager {
     }
 
     fn is_valid(&self, conn: &mut Conn) -> Result<(), ScriptError> {
-        self.0.state.lock().validations += 1;
+        {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            let mut s = self.0.state.lock();
+            s.validations += 1;
+            if s.panic_is_valid {
+                panic!("scripted panic in is_valid");
+            }
+            while s.hang_validations {
+                if self.0.changed.wait_until(&mut s, deadline).timed_out() {
+                    break;
+                }
+            }
+        }
         if conn.id < self.0.state.lock().break_before {
             return Err(ScriptError::new(self.0.name, "connection reset"));
         }
@@ -223,7 +267,12 @@ impl ManageConnection for Manager {
     }
 
     fn has_broken(&self, conn: &mut Conn) -> bool {
-        conn.id < self.0.state.lock().break_before
+        let s = self.0.state.lock();
+        if s.panic_has_broken {
+            drop(s);
+            panic!("scripted panic in has_broken");
+        }
+        conn.id < s.break_before
     }
 }
 
@@ -245,6 +294,9 @@ impl Backend<Manager> for ScriptedBackend {
         _c: &mut Conn,
         _t: Duration,
     ) -> Result<Observation, BackendError> {
+        if m.0.state.lock().panic_probe {
+            panic!("scripted panic in the heartbeat");
+        }
         let delay = m.0.state.lock().probe_delay;
         std::thread::sleep(delay);
         m.0.answer(true)?;
@@ -265,6 +317,35 @@ impl Backend<Manager> for ScriptedBackend {
         s.upstream_streaming = None;
         s.promotions += 1;
         Ok(())
+    }
+}
+
+/// [`ScriptedBackend`] declaring what the PostgreSQL backend declares: roles, promotion,
+/// upstream state and byte lag. With it, a side of unknown role takes no writes.
+#[derive(Debug, Default)]
+pub struct RoleAwareBackend;
+
+impl Backend<Manager> for RoleAwareBackend {
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::NONE
+            .with_roles()
+            .with_promote()
+            .with_upstream()
+            .with_lag(LagKind::Bytes)
+    }
+    fn classify(&self, error: &ScriptError) -> mirrorpool::backend::Fault {
+        ScriptedBackend.classify(error)
+    }
+    fn probe(
+        &self,
+        m: &Manager,
+        c: &mut Conn,
+        t: Duration,
+    ) -> Result<Observation, BackendError> {
+        ScriptedBackend.probe(m, c, t)
+    }
+    fn promote(&self, m: &Manager, c: &mut Conn, t: Duration) -> Result<(), BackendError> {
+        ScriptedBackend.promote(m, c, t)
     }
 }
 
@@ -335,5 +416,8 @@ impl mirrorpool::HandleEvent for Recorder {
     }
     fn handle_promotion(&self, e: mirrorpool::event::PromotionEvent) {
         self.push(format!("promotion {} ok={}", e.side(), e.error().is_none()));
+    }
+    fn handle_misconfiguration(&self, e: mirrorpool::event::MisconfigurationEvent) {
+        self.push(format!("misconfigured {} {:?}", e.side(), e.problem()));
     }
 }
