@@ -56,7 +56,10 @@ mod tests {
     fn after_saturates_instead_of_overflowing() {
         let now = Instant::now();
         assert!(after(now, Duration::MAX) > after(now, Duration::from_secs(3600 * 24 * 365)));
-        assert_eq!(after(now, Duration::from_millis(5)), now + Duration::from_millis(5));
+        assert_eq!(
+            after(now, Duration::from_millis(5)),
+            now + Duration::from_millis(5)
+        );
         assert_eq!(millis(Duration::MAX), u64::MAX);
         assert_eq!(millis(Duration::from_millis(7)), 7);
     }

@@ -8,11 +8,11 @@ use r2d2::ManageConnection;
 
 use crate::backend::{Backend, Capabilities, IsValid};
 use crate::error::BuildError;
-use crate::event::{HandleEvent, NopEventHandler};
+use crate::event::HandleEvent;
 use crate::observation::Lag;
 
-pub use r2d2::CustomizeConnection;
 use crate::pool::MirrorPool;
+pub use r2d2::CustomizeConnection;
 
 /// When the pool moves writers back to the primary after a failover.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -113,8 +113,7 @@ const MAX_TIMING: Duration = Duration::from_secs(3600);
 impl Config {
     /// `min_idle` of the primary side: the explicit value, or the default clamped to `max_size`.
     pub(crate) fn primary_min_idle(&self) -> u32 {
-        self.min_idle
-            .unwrap_or(DEFAULT_MIN_IDLE.min(self.max_size))
+        self.min_idle.unwrap_or(DEFAULT_MIN_IDLE.min(self.max_size))
     }
 
     /// `min_idle` of the mirror side, likewise.
@@ -183,7 +182,10 @@ impl Config {
             }
         }
         if f.failure_threshold == 0 {
-            return Err(BuildError::config("failure_threshold", "must be at least 1"));
+            return Err(BuildError::config(
+                "failure_threshold",
+                "must be at least 1",
+            ));
         }
         let caps = f.capabilities;
         if let Some(limit) = f.max_failover_lag {
@@ -211,7 +213,7 @@ impl Config {
 #[must_use = "a builder does nothing until `build` is called"]
 pub struct Builder<M: ManageConnection> {
     config: Config,
-    event_handler: Arc<dyn HandleEvent>,
+    event_handlers: Vec<Arc<dyn HandleEvent>>,
     backend: Arc<dyn Backend<M>>,
     customizer: Option<Customizer<M>>,
 }
@@ -225,7 +227,7 @@ impl<M: ManageConnection> fmt::Debug for Builder<M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Builder")
             .field("config", &self.config)
-            .field("event_handler", &self.event_handler)
+            .field("event_handlers", &self.event_handlers)
             .finish_non_exhaustive()
     }
 }
@@ -241,7 +243,7 @@ impl<M: ManageConnection> Builder<M> {
     pub fn new() -> Builder<M> {
         Builder {
             config: Config::default(),
-            event_handler: Arc::new(NopEventHandler),
+            event_handlers: Vec::new(),
             backend: Arc::new(IsValid),
             customizer: None,
         }
@@ -399,11 +401,13 @@ impl<M: ManageConnection> Builder<M> {
         self
     }
 
-    /// Receives failover events. Default: a handler that ignores them (events are also logged
-    /// through the `log` crate). A handler that panics is logged at `error` and does not harm
-    /// the pool.
+    /// Adds a handler for the pool's events (failover and per-connection ones). May be called
+    /// several times: every handler gets every event (unlike r2d2, where a second call
+    /// replaces the first). Default: none (failover events are logged through the `log`
+    /// crate either way). A handler that panics is logged at `error` and does not harm the
+    /// pool.
     pub fn event_handler(mut self, handler: Box<dyn HandleEvent>) -> Self {
-        self.event_handler = Arc::from(handler);
+        self.event_handlers.push(Arc::from(handler));
         self
     }
 
@@ -449,7 +453,7 @@ impl<M: ManageConnection> Builder<M> {
             primary,
             mirror,
             self.backend,
-            self.event_handler,
+            self.event_handlers,
             self.customizer,
         )
     }

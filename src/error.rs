@@ -207,7 +207,10 @@ impl fmt::Display for Blocked {
                 side.other()
             ),
             Blocked::Refused(Refusal::MissingPrivilege { side, what }) => {
-                write!(f, "cannot fail over: missing privilege on the {side}: {what}")
+                write!(
+                    f,
+                    "cannot fail over: missing privilege on the {side}: {what}"
+                )
             }
             Blocked::Refused(r) => write!(f, "failover refused: {r}"),
             Blocked::Unmonitored => f.write_str(
@@ -347,7 +350,10 @@ pub enum GetError {
 impl GetError {
     /// Whether the caller gave up waiting (`Timeout` or `Unavailable`).
     pub fn is_timeout(&self) -> bool {
-        matches!(self, GetError::Timeout { .. } | GetError::Unavailable { .. })
+        matches!(
+            self,
+            GetError::Timeout { .. } | GetError::Unavailable { .. }
+        )
     }
 
     /// Whether the pool is closed.

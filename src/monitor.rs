@@ -21,8 +21,8 @@ use r2d2::ManageConnection;
 use crate::clock::after;
 use crate::error::{Blocked, Cause, Refusal};
 use crate::event::{
-    DrainEvent, HeartbeatFailureEvent, MisconfigurationEvent, PromotionEvent, SideDownEvent,
-    SideUpEvent, SplitBrainEvent, SwitchEvent, SwitchRefusedEvent,
+    DrainEvent, HeartbeatFailureEvent, MisconfigurationEvent, PromotionEvent, SaturationEvent,
+    SideDownEvent, SideUpEvent, SplitBrainEvent, SwitchEvent, SwitchRefusedEvent,
 };
 use crate::health::Health;
 use crate::policy::{Action, Policy, ProbeOutcome};
@@ -177,6 +177,7 @@ impl<M: ManageConnection> Monitor<M> {
                 side,
                 seq,
                 result,
+                saturated,
                 rtt,
             } => {
                 if seq != self.probers[side].current() {
@@ -195,7 +196,16 @@ impl<M: ManageConnection> Monitor<M> {
                                 log::trace!("heartbeat {side}: up ({}) in {rtt:?}", obs.role());
                                 s.last_rtt = Some(rtt);
                                 s.observe(&obs);
-                                ProbeOutcome::Up(obs)
+                                if saturated {
+                                    ProbeOutcome::Saturated(Some(obs))
+                                } else {
+                                    ProbeOutcome::Up(obs)
+                                }
+                            }
+                            Err(cause) if saturated => {
+                                log::trace!("heartbeat {side}: saturated: {}", cause.chain());
+                                s.last_error = Some(cause);
+                                ProbeOutcome::Saturated(None)
                             }
                             Err(cause) => {
                                 log::trace!("heartbeat {side}: failed: {}", cause.chain());
@@ -353,6 +363,19 @@ impl<M: ManageConnection> Monitor<M> {
                 shared
                     .events
                     .handle_split_brain(SplitBrainEvent { writer, fenced });
+            }
+            Action::Saturation { side, saturated } => {
+                if saturated {
+                    log::warn!(
+                        "the {side} refuses new connections but answers on open ones: saturated, not down; writers stay"
+                    );
+                } else {
+                    log::info!("the {side} accepts connections again");
+                }
+                shared.view.lock().side_mut(side).saturated = saturated;
+                shared
+                    .events
+                    .handle_saturation(SaturationEvent { side, saturated });
             }
             Action::Fencing {
                 fenced,

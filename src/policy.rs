@@ -95,6 +95,8 @@ pub(crate) enum Action {
     Misconfigured { side: Side, problem: Refusal },
     /// Both sides are writable; `fenced` gets no more writes.
     SplitBrain { writer: Side, fenced: Side },
+    /// The side became saturated (refuses new connections but answers) or stopped being so.
+    Saturation { side: Side, saturated: bool },
     /// The fenced side or the split-brain state changed (for `status()`).
     Fencing {
         fenced: Option<Side>,
@@ -106,6 +108,9 @@ pub(crate) enum Action {
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) enum ProbeOutcome {
     Up(Observation),
+    /// The side refuses new connections but answers (on a borrowed pool connection, giving
+    /// this observation, or with a "too many connections" error): full, not down.
+    Saturated(Option<Observation>),
     Failed,
 }
 
@@ -130,6 +135,7 @@ pub(crate) struct SideState {
     last_done: Option<Instant>,
     last_started: Option<Instant>,
     requested: Option<Instant>,
+    saturated: bool,
 }
 
 impl SideState {
@@ -146,6 +152,7 @@ impl SideState {
             last_done: None,
             last_started: None,
             requested: None,
+            saturated: false,
         }
     }
 
@@ -244,7 +251,9 @@ impl Policy {
     pub(crate) fn on_timer(&mut self, now: Instant, out: &mut Vec<Action>) {
         for side in Side::BOTH {
             match self.sides[side].op {
-                Some(Op::Probe { started }) if now >= after(started, self.cfg.heartbeat_timeout) => {
+                Some(Op::Probe { started })
+                    if now >= after(started, self.cfg.heartbeat_timeout) =>
+                {
                     out.push(Action::AbandonProbe(side));
                     self.record_failure(side, started, now, true, out);
                 }
@@ -284,9 +293,23 @@ impl Policy {
         let Some(Op::Probe { started }) = self.sides[side].op else {
             return;
         };
+        let saturated = matches!(outcome, ProbeOutcome::Saturated(_));
         match outcome {
-            ProbeOutcome::Up(obs) => self.record_up(side, obs, now, out),
+            ProbeOutcome::Up(obs) | ProbeOutcome::Saturated(Some(obs)) => {
+                self.record_up(side, obs, now, out)
+            }
+            // Alive, but nothing new is known about it: its last observation stands.
+            ProbeOutcome::Saturated(None) => {
+                let st = &mut self.sides[side];
+                st.op = None;
+                st.last_done = Some(now);
+                self.mark_up(side, now, out);
+            }
             ProbeOutcome::Failed => self.record_failure(side, started, now, false, out),
+        }
+        if self.sides[side].saturated != saturated {
+            self.sides[side].saturated = saturated;
+            out.push(Action::Saturation { side, saturated });
         }
         self.decide(now, out);
     }
@@ -801,7 +824,12 @@ impl Policy {
             return self.refuse(cand, Refusal::SameServer, true, out);
         }
         if let Access::Denied(what) = st.observation.map(|o| o.privileges().promote)? {
-            return self.refuse(cand, Refusal::MissingPrivilege { side: cand, what }, true, out);
+            return self.refuse(
+                cand,
+                Refusal::MissingPrivilege { side: cand, what },
+                true,
+                out,
+            );
         }
         if let Some(r) = self.lag_refusal(cand) {
             return self.refuse(cand, r, true, out);
@@ -898,7 +926,9 @@ impl Policy {
         if self.cfg.allow_data_loss {
             return None;
         }
-        let repl = self.sides[to].observation.and_then(|o| o.replication().copied());
+        let repl = self.sides[to]
+            .observation
+            .and_then(|o| o.replication().copied());
         let lag = match limit {
             Lag::Bytes(_) => {
                 let written = self.sides[to.other()].last_written;

@@ -15,6 +15,8 @@ use crate::clock::{after, CoarseClock};
 use crate::config::{Builder, Config, Customizer};
 use crate::error::{Blocked, BuildError, GetError, SwitchError};
 use crate::event::HandleEvent;
+use crate::event::{CheckinEvent, CheckoutEvent, Event, TimeoutEvent};
+use crate::extensions::Extensions;
 use crate::health::Health;
 use crate::monitor::{self, Command};
 use crate::observation::Role;
@@ -22,7 +24,7 @@ use crate::report::{catch, Events};
 use crate::shared::{route_side, ProbeRequester, Routing, Shared, ROUTE_BLOCKED};
 use crate::side::{PerSide, Side};
 use crate::status::{SideStatus, Status};
-use crate::subpool::{Checkout, Conn, SubPool, SubPoolConfig};
+use crate::subpool::{Checkout, Conn, SubPool, SubPoolConfig, Wait};
 
 /// Owned by the user-facing handles only: when the last handle drops, the monitor stops.
 struct Handle<M: ManageConnection> {
@@ -91,12 +93,13 @@ impl<M: ManageConnection> MirrorPool<M> {
         primary: M,
         mirror: M,
         backend: Arc<dyn Backend<M>>,
-        events: Arc<dyn HandleEvent>,
+        events: Vec<Arc<dyn HandleEvent>>,
         customizer: Option<Customizer<M>>,
     ) -> Result<MirrorPool<M>, BuildError> {
         let now = Instant::now();
         let clock = Arc::new(CoarseClock::new(now));
         let (tx, rx) = crossbeam_channel::bounded(1024);
+        let events = Events::new(events);
         let f = &config.failover;
         let sub = |side: Side, manager: M, min_idle: u32| {
             SubPool::new(
@@ -118,6 +121,7 @@ impl<M: ManageConnection> MirrorPool<M> {
                 backend.clone(),
                 ProbeRequester(tx.clone()),
                 customizer.clone(),
+                events.clone(),
             )
         };
         let sides = PerSide::new(
@@ -132,7 +136,7 @@ impl<M: ManageConnection> MirrorPool<M> {
             }),
             route: std::sync::atomic::AtomicU64::new(0),
             backend,
-            events: Events::new(events),
+            events,
             clock,
             view: Mutex::new(Status::new()),
             commands: tx,
@@ -209,8 +213,8 @@ impl<M: ManageConnection> MirrorPool<M> {
         timeout: Duration,
     ) -> Result<PooledConnection<M>, GetError> {
         let shared = self.shared();
-        let mut deadline: Option<Instant> = None;
-        loop {
+        let mut wait: Option<Wait> = None;
+        let result = loop {
             let word = shared.route.load(Ordering::Acquire);
             let (side, blocked) = match explicit {
                 Some(side) => (side, false),
@@ -223,23 +227,28 @@ impl<M: ManageConnection> MirrorPool<M> {
                     return Err(self.unavailable(Duration::ZERO));
                 }
                 let now = Instant::now();
-                let until = *deadline.get_or_insert_with(|| after(now, timeout));
+                let until = wait
+                    .get_or_insert_with(|| Wait {
+                        started: now,
+                        deadline: after(now, timeout),
+                    })
+                    .deadline;
                 if now >= until {
-                    return Err(self.unavailable(timeout));
+                    break Err(self.unavailable(timeout));
                 }
                 sub.wait_for_change(&shared.route, word, until);
                 continue;
             }
-            match sub.checkout(&shared.route, word, &mut deadline, timeout) {
-                Checkout::Got(conn) => return Ok(PooledConnection::new(sub.clone(), conn)),
+            match sub.checkout(&shared.route, word, &mut wait, timeout) {
+                Checkout::Got(conn) => break Ok(PooledConnection::new(sub.clone(), conn)),
                 Checkout::Changed => continue,
                 Checkout::Failed => sub.request_probe(),
                 Checkout::TimedOut(cause) => {
                     // If routing blocked meanwhile, the better error names both sides.
                     if explicit.is_none() && shared.routing.read().blocked.is_some() {
-                        return Err(self.unavailable(timeout));
+                        break Err(self.unavailable(timeout));
                     }
-                    return Err(GetError::Timeout {
+                    break Err(GetError::Timeout {
                         side,
                         waited: timeout,
                         cause,
@@ -247,6 +256,36 @@ impl<M: ManageConnection> MirrorPool<M> {
                 }
                 Checkout::Closed => return Err(GetError::Closed),
             }
+        };
+        if shared.events.enabled() {
+            self.report_checkout(&result, wait, timeout);
+        }
+        result
+    }
+
+    /// Checkout and timeout events, built only when a handler is installed: the wait is known
+    /// from the clock reads the slow path made anyway; an uncontended checkout waited zero.
+    fn report_checkout(
+        &self,
+        result: &Result<PooledConnection<M>, GetError>,
+        wait: Option<Wait>,
+        timeout: Duration,
+    ) {
+        let events = &self.shared().events;
+        match result {
+            Ok(conn) => events.emit(Event::Checkout(CheckoutEvent {
+                side: PooledConnection::side(conn),
+                connection_id: PooledConnection::id(conn),
+                duration: wait.map_or(Duration::ZERO, |w| w.started.elapsed()),
+            })),
+            Err(GetError::Timeout { side, .. }) => events.emit(Event::Timeout(TimeoutEvent {
+                side: Some(*side),
+                timeout,
+            })),
+            Err(_) => events.emit(Event::Timeout(TimeoutEvent {
+                side: None,
+                timeout,
+            })),
         }
     }
 
@@ -410,8 +449,14 @@ fn check_status(status: &Status, config: &Config) -> Result<(), BuildError> {
             });
         }
     }
-    if status.side(Side::Primary).problems.contains(&crate::Refusal::SameServer)
-        || status.side(Side::Mirror).problems.contains(&crate::Refusal::SameServer)
+    if status
+        .side(Side::Primary)
+        .problems
+        .contains(&crate::Refusal::SameServer)
+        || status
+            .side(Side::Mirror)
+            .problems
+            .contains(&crate::Refusal::SameServer)
     {
         return Err(BuildError::SameServer);
     }
@@ -470,14 +515,35 @@ pub struct PooledConnection<M: ManageConnection> {
     sub: Arc<SubPool<M>>,
     conn: Option<Conn<M>>,
     broken: bool,
+    /// When it was checked out: read only when an event handler wants checkin events.
+    checked_out_at: Option<Instant>,
 }
 
 impl<M: ManageConnection> PooledConnection<M> {
     fn new(sub: Arc<SubPool<M>>, conn: Conn<M>) -> Self {
+        let checked_out_at = sub.events.enabled().then(Instant::now);
         PooledConnection {
             sub,
             conn: Some(conn),
             broken: false,
+            checked_out_at,
+        }
+    }
+
+    /// This connection's typed storage, kept across returns and checkouts for as long as the
+    /// connection lives (r2d2's `extensions`).
+    pub fn extensions(this: &Self) -> &Extensions {
+        match &this.conn {
+            Some(c) => &c.extensions,
+            None => unreachable!("a PooledConnection holds its connection until dropped"),
+        }
+    }
+
+    /// This connection's typed storage, mutably.
+    pub fn extensions_mut(this: &mut Self) -> &mut Extensions {
+        match &mut this.conn {
+            Some(c) => &mut c.extensions,
+            None => unreachable!("a PooledConnection holds its connection until dropped"),
         }
     }
 
@@ -566,10 +632,20 @@ impl<M: ManageConnection> Drop for PooledConnection<M> {
                     broken = true;
                 }
                 Err(msg) => {
-                    log::error!("the backend panicked resetting a {} connection: {msg}", sub.side);
+                    log::error!(
+                        "the backend panicked resetting a {} connection: {msg}",
+                        sub.side
+                    );
                     broken = true;
                 }
             }
+        }
+        if let Some(at) = self.checked_out_at {
+            sub.events.emit(Event::Checkin(CheckinEvent {
+                side: sub.side,
+                connection_id: conn.id,
+                duration: at.elapsed(),
+            }));
         }
         sub.checkin(conn, broken);
     }

@@ -9,13 +9,14 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use r2d2::ManageConnection;
 
-use crate::backend::{Backend, BackendError};
+use crate::backend::{Backend, BackendError, Fault};
 use crate::clock::millis;
-use crate::report::catch;
-use crate::shared::Shared;
 use crate::error::Cause;
 use crate::observation::Observation;
+use crate::report::catch;
+use crate::shared::Shared;
 use crate::side::Side;
+use crate::subpool::SubPool;
 
 /// At most this many abandoned (hung) prober threads per side; past it, probes fail at once
 /// instead of piling up threads against a server that never answers.
@@ -39,6 +40,10 @@ pub(crate) enum Reply {
         side: Side,
         seq: u64,
         result: Result<Observation, Cause>,
+        /// The heartbeat could not open its connection because the server refuses new ones
+        /// (too many connections), while the side answered: on a pool connection it borrowed
+        /// (then `result` is that answer), or with a server error saying so.
+        saturated: bool,
         rtt: Duration,
     },
     Promote {
@@ -58,6 +63,10 @@ struct Setup<M: ManageConnection> {
     replies: Sender<Reply>,
     epoch: Instant,
     live_threads: AtomicUsize,
+    /// The side's pool, to borrow a connection from when the heartbeat cannot open its own.
+    pool: Arc<SubPool<M>>,
+    /// The heartbeat connection is recycled after this, like pool connections.
+    max_lifetime: Option<Duration>,
 }
 
 /// One side's current prober thread, replaced when abandoned.
@@ -82,6 +91,8 @@ impl<M: ManageConnection> Prober<M> {
                 replies,
                 epoch: Instant::now(),
                 live_threads: AtomicUsize::new(0),
+                pool: shared.sides[side].clone(),
+                max_lifetime: shared.config.max_lifetime,
             }),
             jobs: None,
             busy_since: Arc::new(AtomicU64::new(0)),
@@ -158,6 +169,7 @@ impl<M: ManageConnection> Prober<M> {
                     side,
                     seq,
                     result: Err(why),
+                    saturated: false,
                     rtt: Duration::ZERO,
                 },
                 Job::Promote { seq } => Reply::Promote {
@@ -209,46 +221,106 @@ struct Worker<M: ManageConnection> {
     setup: Arc<Setup<M>>,
 }
 
+/// The heartbeat connection and when it was opened.
+struct Heartbeat<C> {
+    conn: C,
+    opened: Instant,
+}
+
+/// Why a heartbeat call failed, and whether the side is merely saturated.
+struct Failure {
+    cause: Cause,
+    saturated: bool,
+}
+
+impl From<Cause> for Failure {
+    fn from(cause: Cause) -> Failure {
+        Failure {
+            cause,
+            saturated: false,
+        }
+    }
+}
+
 impl<M: ManageConnection> Worker<M> {
-    /// Runs `call` on the heartbeat connection, opening one if needed. A connection whose call
-    /// failed is dropped, so the next job starts from a fresh one. A panic in the manager or
-    /// the backend is the call's error; the connection it panicked on is dropped.
-    fn with_conn<T>(
+    fn run_call<T>(
         &self,
-        conn: &mut Option<M::Connection>,
-        call: impl FnOnce(&mut M::Connection) -> Result<T, BackendError>,
+        conn: &mut M::Connection,
+        call: &mut dyn FnMut(&mut M::Connection) -> Result<T, BackendError>,
     ) -> Result<T, Cause> {
-        let s = &self.setup;
-        let mut c = match conn.take() {
-            Some(c) => c,
-            None => match catch(|| s.manager.connect()) {
-                Ok(Ok(c)) => c,
-                Ok(Err(e)) => return Err(Cause::capture(&e)),
-                Err(msg) => {
-                    return Err(Cause::new(format!(
-                        "the connection manager panicked connecting to the {}: {msg}",
-                        s.side
-                    )))
-                }
-            },
-        };
-        let result = match catch(|| call(&mut c)) {
+        match catch(|| call(conn)) {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => Err(Cause::capture(&*e)),
             Err(msg) => Err(Cause::new(format!(
                 "the backend panicked on the {}: {msg}",
-                s.side
+                self.setup.side
             ))),
-        };
-        if result.is_ok() {
-            *conn = Some(c);
         }
-        result
+    }
+
+    /// Runs `call` on the heartbeat connection, opening one if needed. A connection whose call
+    /// failed is dropped, so the next job starts from a fresh one. A panic in the manager or
+    /// the backend is the call's error; the connection it panicked on is dropped.
+    ///
+    /// If the heartbeat cannot open its connection, it tries the call on an idle pool
+    /// connection: a side that refuses new connections (at `max_connections`) but answers on
+    /// open ones is full, not down, and must not be failed over from. Returns whether that
+    /// happened (or the refusal said "too many connections").
+    fn with_conn<T>(
+        &self,
+        hb: &mut Option<Heartbeat<M::Connection>>,
+        borrow: bool,
+        mut call: impl FnMut(&mut M::Connection) -> Result<T, BackendError>,
+    ) -> Result<(T, bool), Failure> {
+        let s = &self.setup;
+        let mut current = match hb.take() {
+            Some(h) => h,
+            None => match catch(|| s.manager.connect()) {
+                Ok(Ok(conn)) => Heartbeat {
+                    conn,
+                    opened: Instant::now(),
+                },
+                Ok(Err(e)) => {
+                    let full = catch(|| s.backend.classify(&e)) == Ok(Fault::TooManyConnections);
+                    let cause = Cause::capture(&e);
+                    if borrow {
+                        if let Some(mut lent) = s.pool.borrow_idle() {
+                            let result = self.run_call(&mut lent.conn, &mut call);
+                            s.pool.checkin(lent, result.is_err());
+                            if let Ok(v) = result {
+                                return Ok((v, true));
+                            }
+                        }
+                    }
+                    return Err(Failure {
+                        cause,
+                        saturated: full,
+                    });
+                }
+                Err(msg) => {
+                    return Err(Cause::new(format!(
+                        "the connection manager panicked connecting to the {}: {msg}",
+                        s.side
+                    ))
+                    .into())
+                }
+            },
+        };
+        let result = self.run_call(&mut current.conn, &mut call)?;
+        // Servers and proxies rotate long-lived sessions for a reason: the heartbeat's own
+        // connection is recycled like the pool's (the next heartbeat opens a fresh one).
+        let expired = s
+            .max_lifetime
+            .is_some_and(|l| current.opened.elapsed() >= l);
+        if !expired {
+            *hb = Some(current);
+        }
+        Ok((result, false))
     }
 
     fn run(self, jobs: Receiver<Job>) {
         let s = self.setup.clone();
-        let mut conn: Option<M::Connection> = None;
+        let mut hb: Option<Heartbeat<M::Connection>> = None;
         // Ends when the monitor drops its sender (abandon or shutdown) or stops listening.
         while let Ok(job) = jobs.recv() {
             let started = Instant::now();
@@ -256,22 +328,29 @@ impl<M: ManageConnection> Worker<M> {
             self.busy_since.store(ms, Ordering::Release);
             let reply = match job {
                 Job::Probe { seq } => {
-                    let result = self.with_conn(&mut conn, |c| {
-                        s.backend.probe(&s.manager, c, s.timeout)
-                    });
+                    let (result, saturated) = match self
+                        .with_conn(&mut hb, true, |c| s.backend.probe(&s.manager, c, s.timeout))
+                    {
+                        Ok((obs, saturated)) => (Ok(obs), saturated),
+                        Err(f) => (Err(f.cause), f.saturated),
+                    };
                     Reply::Probe {
                         side: s.side,
                         seq,
                         result,
+                        saturated,
                         rtt: started.elapsed(),
                     }
                 }
                 Job::Promote { seq } => Reply::Promote {
                     side: s.side,
                     seq,
-                    result: self.with_conn(&mut conn, |c| {
-                        s.backend.promote(&s.manager, c, s.promotion_timeout)
-                    }),
+                    result: self
+                        .with_conn(&mut hb, false, |c| {
+                            s.backend.promote(&s.manager, c, s.promotion_timeout)
+                        })
+                        .map(|_| ())
+                        .map_err(|f| f.cause),
                 },
             };
             self.busy_since.store(0, Ordering::Release);
@@ -279,7 +358,7 @@ impl<M: ManageConnection> Worker<M> {
                 break;
             }
         }
-        drop(conn);
+        drop(hb);
         s.live_threads.fetch_sub(1, Ordering::AcqRel);
     }
 }

@@ -6,8 +6,8 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
 use crate::event::{
-    DrainEvent, HandleEvent, HeartbeatFailureEvent, MisconfigurationEvent, PromotionEvent,
-    SideDownEvent, SideUpEvent, SplitBrainEvent, SwitchEvent, SwitchRefusedEvent,
+    DrainEvent, Event, HandleEvent, HeartbeatFailureEvent, MisconfigurationEvent, PromotionEvent,
+    SaturationEvent, SideDownEvent, SideUpEvent, SplitBrainEvent, SwitchEvent, SwitchRefusedEvent,
 };
 
 /// The text of a panic payload.
@@ -26,40 +26,57 @@ pub(crate) fn catch<T>(f: impl FnOnce() -> T) -> Result<T, String> {
     catch_unwind(AssertUnwindSafe(f)).map_err(|p| panic_message(&*p))
 }
 
-/// The user's event handler, called so that a panic in it is logged and survived: a handler
-/// must never take the monitor down with it.
-#[derive(Clone, Debug)]
-pub(crate) struct Events(Arc<dyn HandleEvent>);
+/// The user's event handlers, called so that a panic in one is logged and survived: a handler
+/// must never take the monitor (or a caller) down with it.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Events(Arc<[Arc<dyn HandleEvent>]>);
 
 macro_rules! forward {
-    ($($method:ident($event:ty)),* $(,)?) => {
+    ($($method:ident($event:ident) => $variant:ident),* $(,)?) => {
         $(
             pub(crate) fn $method(&self, event: $event) {
-                if let Err(msg) = catch(|| self.0.$method(event)) {
-                    log::error!(
-                        concat!("the event handler panicked in ", stringify!($method), ": {}; the pool carries on"),
-                        msg
-                    );
-                }
+                self.emit(Event::$variant(event));
             }
         )*
     };
 }
 
 impl Events {
-    pub(crate) fn new(handler: Arc<dyn HandleEvent>) -> Events {
-        Events(handler)
+    pub(crate) fn new(handlers: Vec<Arc<dyn HandleEvent>>) -> Events {
+        Events(handlers.into())
+    }
+
+    /// Whether any handler is installed (per-connection events are built only then).
+    pub(crate) fn enabled(&self) -> bool {
+        !self.0.is_empty()
+    }
+
+    pub(crate) fn emit(&self, event: Event) {
+        let Some((last, rest)) = self.0.split_last() else {
+            return;
+        };
+        for handler in rest {
+            call(handler.as_ref(), event.clone());
+        }
+        call(last.as_ref(), event);
     }
 
     forward! {
-        handle_side_down(SideDownEvent),
-        handle_side_up(SideUpEvent),
-        handle_switch(SwitchEvent),
-        handle_drain(DrainEvent),
-        handle_heartbeat_failure(HeartbeatFailureEvent),
-        handle_switch_refused(SwitchRefusedEvent),
-        handle_split_brain(SplitBrainEvent),
-        handle_promotion(PromotionEvent),
-        handle_misconfiguration(MisconfigurationEvent),
+        handle_side_down(SideDownEvent) => SideDown,
+        handle_side_up(SideUpEvent) => SideUp,
+        handle_switch(SwitchEvent) => Switch,
+        handle_drain(DrainEvent) => Drain,
+        handle_heartbeat_failure(HeartbeatFailureEvent) => HeartbeatFailure,
+        handle_switch_refused(SwitchRefusedEvent) => SwitchRefused,
+        handle_split_brain(SplitBrainEvent) => SplitBrain,
+        handle_promotion(PromotionEvent) => Promotion,
+        handle_misconfiguration(MisconfigurationEvent) => Misconfiguration,
+        handle_saturation(SaturationEvent) => Saturation,
+    }
+}
+
+fn call(handler: &dyn HandleEvent, event: Event) {
+    if let Err(msg) = catch(|| handler.handle(event)) {
+        log::error!("an event handler panicked: {msg}; the pool carries on");
     }
 }

@@ -102,6 +102,10 @@ pub struct SideStatus {
     pub identity: Option<Identity>,
     /// What the pool's role may do on this side, as the last heartbeat checked.
     pub privileges: Privileges,
+    /// The side refuses new connections ("too many connections") while it answers on the
+    /// connections the pool has: full, not down. Writers stay; connects are retried with
+    /// backoff.
+    pub saturated: bool,
     /// Configuration problems found on this side's heartbeats that will refuse failovers
     /// (a missing privilege, both sides being one server), each once.
     pub problems: Vec<Refusal>,
@@ -140,6 +144,7 @@ impl SideStatus {
             identity: None,
             privileges: Privileges::default(),
             problems: Vec::new(),
+            saturated: false,
             connections: 0,
             idle: 0,
             in_use: 0,

@@ -20,7 +20,9 @@ use crate::backend::Backend;
 use crate::clock::{after, millis, CoarseClock};
 use crate::config::Customizer;
 use crate::error::Cause;
-use crate::report::catch;
+use crate::event::{AcquireEvent, Event, ReleaseEvent};
+use crate::extensions::Extensions;
+use crate::report::{catch, Events};
 use crate::shared::ProbeRequester;
 use crate::side::Side;
 
@@ -35,6 +37,7 @@ static NEXT_CONNECTION_ID: AtomicU64 = AtomicU64::new(1);
 pub(crate) struct Conn<M: ManageConnection> {
     pub(crate) conn: M::Connection,
     pub(crate) id: u64,
+    pub(crate) extensions: Extensions,
     generation: u64,
     created_ms: u64,
     /// When it was last returned (or opened), on the coarse clock.
@@ -104,6 +107,14 @@ pub(crate) struct Counts {
     pub connect_failures: u64,
 }
 
+/// A caller's wait, begun when it first found no idle connection (the fast path reads no
+/// clock).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Wait {
+    pub started: Instant,
+    pub deadline: Instant,
+}
+
 /// The result of one wait for a connection.
 pub(crate) enum Checkout<M: ManageConnection> {
     Got(Conn<M>),
@@ -128,6 +139,7 @@ pub(crate) struct SubPool<M: ManageConnection> {
     pub(crate) backend: Arc<dyn Backend<M>>,
     probes: ProbeRequester,
     customizer: Option<Customizer<M>>,
+    pub(crate) events: Events,
     cfg: SubPoolConfig,
     clock: Arc<CoarseClock>,
     me: Weak<SubPool<M>>,
@@ -142,6 +154,7 @@ impl<M: ManageConnection> SubPool<M> {
         backend: Arc<dyn Backend<M>>,
         probes: ProbeRequester,
         customizer: Option<Customizer<M>>,
+        events: Events,
     ) -> Arc<SubPool<M>> {
         Arc::new_cyclic(|me| SubPool {
             idle_count: AtomicU32::new(0),
@@ -150,6 +163,7 @@ impl<M: ManageConnection> SubPool<M> {
             backend,
             probes,
             customizer,
+            events,
             cfg,
             clock,
             inner: Mutex::new(Inner {
@@ -209,6 +223,15 @@ impl<M: ManageConnection> SubPool<M> {
         self.inner.lock().last_error.clone()
     }
 
+    /// Lends an idle connection to the heartbeat when it cannot open its own (see
+    /// `prober.rs`): no validation, counted as checked out until [`SubPool::checkin`].
+    pub(crate) fn borrow_idle(&self) -> Option<Conn<M>> {
+        let mut inner = self.inner.lock();
+        let conn = inner.idle.pop()?;
+        self.after_take(&mut inner);
+        Some(conn)
+    }
+
     /// Takes an idle connection without waiting or connecting (`try_get`).
     pub(crate) fn try_take(&self) -> Option<Conn<M>> {
         let conn = {
@@ -227,7 +250,7 @@ impl<M: ManageConnection> SubPool<M> {
         &self,
         version: &AtomicU64,
         expected: u64,
-        deadline: &mut Option<Instant>,
+        wait: &mut Option<Wait>,
         timeout: Duration,
     ) -> Checkout<M> {
         let mut inner = self.inner.lock();
@@ -251,7 +274,12 @@ impl<M: ManageConnection> SubPool<M> {
                 };
             }
             let now = Instant::now();
-            let deadline = *deadline.get_or_insert_with(|| after(now, timeout));
+            let deadline = wait
+                .get_or_insert_with(|| Wait {
+                    started: now,
+                    deadline: after(now, timeout),
+                })
+                .deadline;
             if now >= deadline {
                 return Checkout::TimedOut(inner.last_error.clone());
             }
@@ -344,11 +372,22 @@ impl<M: ManageConnection> SubPool<M> {
         }
         let customizer = self.customizer.clone();
         let side = self.side;
+        let events = self.events.clone();
+        let now_ms = self.clock.now_ms();
         crate::close::in_background(move || {
             for c in conns {
+                if events.enabled() {
+                    events.emit(Event::Release(ReleaseEvent {
+                        side,
+                        connection_id: c.id,
+                        age: Duration::from_millis(now_ms.saturating_sub(c.created_ms)),
+                    }));
+                }
                 if let Some(cust) = &customizer {
                     if let Err(msg) = catch(|| cust.on_release(c.conn)) {
-                        log::error!("the connection customizer panicked in on_release ({side}): {msg}");
+                        log::error!(
+                            "the connection customizer panicked in on_release ({side}): {msg}"
+                        );
                     }
                 } else {
                     drop(c);
@@ -396,9 +435,11 @@ impl<M: ManageConnection> SubPool<M> {
             Ok(conn) if generation == inner.generation && !inner.closed => {
                 self.counters.created.fetch_add(1, Ordering::Relaxed);
                 let now_ms = self.clock.now_ms();
+                let id = NEXT_CONNECTION_ID.fetch_add(1, Ordering::Relaxed);
                 inner.idle.push(Conn {
                     conn,
-                    id: NEXT_CONNECTION_ID.fetch_add(1, Ordering::Relaxed),
+                    id,
+                    extensions: Extensions::default(),
                     generation,
                     created_ms: now_ms,
                     idle_since_ms: now_ms,
@@ -408,6 +449,10 @@ impl<M: ManageConnection> SubPool<M> {
                 self.publish(&inner);
                 drop(inner);
                 self.cond.notify_one();
+                self.events.emit(Event::Acquire(AcquireEvent {
+                    side: self.side,
+                    connection_id: id,
+                }));
             }
             Ok(conn) => {
                 // Opened for a generation that was drained meanwhile (or the pool closed).
@@ -598,7 +643,10 @@ fn open<M: ManageConnection>(
     if let Some(c) = customizer {
         c.on_acquire(&mut conn).map_err(|e| {
             let cause = Cause::capture(&e);
-            Cause::new(format!("the connection customizer's on_acquire failed: {}", cause.chain()))
+            Cause::new(format!(
+                "the connection customizer's on_acquire failed: {}",
+                cause.chain()
+            ))
         })?;
     }
     Ok(conn)

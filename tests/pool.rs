@@ -328,8 +328,10 @@ fn reporting_a_lost_connection_closes_it_and_triggers_a_probe_now() {
     let id = conn.id;
     p.primary.set_mode(Mode::Refuse);
     let err = Manager(p.primary.clone()).connect().unwrap_err();
-    assert_eq!(PooledConnection::report(&mut conn, &err),
-        mirrorpool::backend::Fault::ConnectionLost);
+    assert_eq!(
+        PooledConnection::report(&mut conn, &err),
+        mirrorpool::backend::Fault::ConnectionLost
+    );
     drop(conn);
     // The probe runs now, not in 5 s: the primary is down and writers move within a second.
     assert!(wait_until(Duration::from_secs(2), || pool.active() == Side::Mirror));

@@ -10,12 +10,10 @@ use std::time::{Duration, Instant};
 mod common;
 
 use common::wait_until;
+use mirrorpool::event::SwitchReason;
 use mirrorpool::postgres::{PostgresManager, PostgresPool};
 use mirrorpool::testkit::{PgPair, ProxyMode, TcpProxy, APP_PASSWORD};
-use mirrorpool::event::SwitchReason;
-use mirrorpool::{
-    Blocked, Builder, GetError, Health, Lag, PooledConnection, Refusal, Role, Side,
-};
+use mirrorpool::{Blocked, Builder, GetError, Health, Lag, PooledConnection, Refusal, Role, Side};
 use postgres::NoTls;
 
 const LONG: Duration = Duration::from_secs(30);
@@ -821,8 +819,10 @@ fn status_reports_roles_timelines_and_replication() {
     // The backend classifies a write on the replica as "not writable".
     let mut c = pool.get_from(Side::Mirror).unwrap();
     let e = c.execute("INSERT INTO t VALUES (1, 1)", &[]).unwrap_err();
-    assert_eq!(PooledConnection::report(&mut c, &e),
-        mirrorpool::backend::Fault::NotWritable);
+    assert_eq!(
+        PooledConnection::report(&mut c, &e),
+        mirrorpool::backend::Fault::NotWritable
+    );
 }
 
 #[test]

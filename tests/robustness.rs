@@ -12,8 +12,8 @@ use common::{wait_until, Manager, Mode, Recorder, RoleAwareBackend, ScriptedBack
 use mirrorpool::backend::Role;
 use mirrorpool::event::SwitchEvent;
 use mirrorpool::{
-    BuildError, Builder, CustomizeConnection, Failback, GetError, HandleEvent, Health,
-    MirrorPool, PooledConnection, Side,
+    BuildError, Builder, CustomizeConnection, Failback, GetError, HandleEvent, Health, MirrorPool,
+    PooledConnection, Side,
 };
 use proptest::prelude::*;
 
@@ -78,7 +78,10 @@ fn a_panicking_event_handler_does_not_stop_heartbeats_or_failover() {
         &m,
     );
     assert!(both_up(&pool));
-    assert!(handler.0.load(Ordering::SeqCst) >= 2, "the handler was called");
+    assert!(
+        handler.0.load(Ordering::SeqCst) >= 2,
+        "the handler was called"
+    );
     let before = pool.status().primary.last_heartbeat;
     p.set_mode(Mode::Refuse);
     assert!(
@@ -204,11 +207,8 @@ fn a_validation_failure_during_a_drain_finishes_the_drain() {
         let pool = pool.clone();
         thread::spawn(move || pool.get().map(|c| c.server))
     };
-    assert!(wait_until(LONG, || p.validations() >= 1 && pool
-        .status()
-        .primary
-        .in_use
-        == 1));
+    assert!(wait_until(LONG, || p.validations() >= 1
+        && pool.status().primary.in_use == 1));
     // ... while the primary is drained, and then the validation fails.
     pool.switch_over(Side::Mirror).unwrap();
     assert_eq!(pool.status().primary.stale, 1);
@@ -266,7 +266,10 @@ fn monitor_timings_outside_their_range_are_typed_errors_naming_the_bound() {
             match set(builder(&events), bad).build(Manager(p), Manager(m)) {
                 Err(BuildError::InvalidConfig { option, problem }) => {
                     assert_eq!(option, name);
-                    assert!(problem.contains("1ms") && problem.contains("3600s"), "{problem}");
+                    assert!(
+                        problem.contains("1ms") && problem.contains("3600s"),
+                        "{problem}"
+                    );
                 }
                 other => panic!("{name} = {bad:?}: {other:?}"),
             }
@@ -429,7 +432,9 @@ fn close_fails_every_later_get_and_is_closed_says_so() {
     assert!(clone.is_closed());
     assert!(matches!(clone.get(), Err(GetError::Closed)));
     drop(held);
-    assert!(wait_until(LONG, || p.open_connections() + m.open_connections() == 0));
+    assert!(wait_until(LONG, || p.open_connections()
+        + m.open_connections()
+        == 0));
 }
 
 #[test]
@@ -449,7 +454,13 @@ fn max_size_one_alone_is_accepted_and_an_explicit_contradiction_is_not() {
         .build(Manager(p), Manager(m))
         .unwrap_err();
     assert!(
-        matches!(err, BuildError::InvalidConfig { option: "min_idle", .. }),
+        matches!(
+            err,
+            BuildError::InvalidConfig {
+                option: "min_idle",
+                ..
+            }
+        ),
         "{err}"
     );
 }

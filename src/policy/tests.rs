@@ -731,7 +731,11 @@ fn a_side_of_unknown_role_never_takes_writers_with_a_role_aware_backend() {
     s.world[Side::Primary] = Srv::Refuse;
     s.world[Side::Mirror] = Srv::Slow(Role::ReadOnly, ms(120));
     s.run(ms(2000));
-    assert_eq!(s.policy.side(Side::Mirror).health, Health::Up, "late answers count");
+    assert_eq!(
+        s.policy.side(Side::Mirror).health,
+        Health::Up,
+        "late answers count"
+    );
     assert_eq!(
         s.count(|a| matches!(
             a,
@@ -798,7 +802,10 @@ fn a_missing_promotion_privilege_is_reported_at_once_and_refuses_the_promotion()
     let first = s
         .first_time(|a| matches!(a, Action::Misconfigured { .. }))
         .expect("reported");
-    assert!(first < ms(50), "reported on the first heartbeat, at {first:?}");
+    assert!(
+        first < ms(50),
+        "reported on the first heartbeat, at {first:?}"
+    );
     s.world[Side::Primary] = Srv::Refuse;
     s.streaming[Side::Mirror] = Some(false);
     s.run(ms(2000));
@@ -810,7 +817,11 @@ fn a_missing_promotion_privilege_is_reported_at_once_and_refuses_the_promotion()
             what: "the role lacks EXECUTE on pg_promote"
         }))
     );
-    assert_eq!(s.count(|a| matches!(a, Action::Misconfigured { .. })), 1, "once");
+    assert_eq!(
+        s.count(|a| matches!(a, Action::Misconfigured { .. })),
+        1,
+        "once"
+    );
 }
 
 #[test]
@@ -820,13 +831,15 @@ fn one_server_configured_as_both_sides_is_reported_not_taken_for_split_brain() {
     s.instance = PerSide::new(Some(42), Some(42));
     s.run(ms(500));
     assert_eq!(s.count(|a| matches!(a, Action::SplitBrain { .. })), 0);
-    assert!(s.count(|a| matches!(
-        a,
-        Action::Misconfigured {
-            problem: Refusal::SameServer,
-            ..
-        }
-    )) >= 1);
+    assert!(
+        s.count(|a| matches!(
+            a,
+            Action::Misconfigured {
+                problem: Refusal::SameServer,
+                ..
+            }
+        )) >= 1
+    );
     assert_eq!(s.policy.fenced(), None);
     // Its failure is no reason to switch to itself.
     s.world = PerSide::new(Srv::Refuse, Srv::Up(Role::Writable));

@@ -67,7 +67,11 @@ pub fn builder<T: MakeTls>() -> Builder<PostgresManager<T>> {
 /// A pool with default settings from two connection strings (`key=value` or URL form).
 ///
 /// Parse errors name the side; they never echo the string (it may hold a password).
-pub fn pool<T: MakeTls>(primary: &str, mirror: &str, tls: T) -> Result<PostgresPool<T>, BuildError> {
+pub fn pool<T: MakeTls>(
+    primary: &str,
+    mirror: &str,
+    tls: T,
+) -> Result<PostgresPool<T>, BuildError> {
     let (p, m) = managers(primary, mirror, tls)?;
     builder().build(p, m)
 }

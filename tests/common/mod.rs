@@ -47,6 +47,10 @@ struct State {
     panic_probe: bool,
     /// Make pool validations (`is_valid`) block until released.
     hang_validations: bool,
+    /// Refuse new connects with "too many connections" while open ones keep working.
+    full: bool,
+    /// Fail the next heartbeat (its connection is then dropped and reopened).
+    fail_next_probe: bool,
 }
 
 /// One scripted server, shared by its manager, its connections and the test.
@@ -80,6 +84,8 @@ impl Server {
                 panic_has_broken: false,
                 panic_probe: false,
                 hang_validations: false,
+                full: false,
+                fail_next_probe: false,
             }),
             changed: Condvar::new(),
             open: AtomicU64::new(0),
@@ -129,6 +135,16 @@ impl Server {
         s.panic_is_valid = is_valid;
         s.panic_has_broken = has_broken;
         s.panic_probe = probe;
+    }
+
+    /// Refuses new connects with "too many connections" (open connections keep working).
+    pub fn set_full(&self, full: bool) {
+        self.state.lock().full = full;
+    }
+
+    /// Fails the next heartbeat, so the heartbeat has to reconnect.
+    pub fn fail_next_probe(&self) {
+        self.state.lock().fail_next_probe = true;
     }
 
     /// Makes pool validations block until `set_hang_validations(false)`.
@@ -236,6 +252,9 @@ impl ManageConnection for Manager {
         if self.0.state.lock().panic_connect {
             panic!("scripted panic in connect");
         }
+        if self.0.state.lock().full {
+            return Err(ScriptError::new(self.0.name, "too many connections"));
+        }
         self.0.answer(false)?;
         self.0.connects.fetch_add(1, Ordering::SeqCst);
         self.0.open.fetch_add(1, Ordering::SeqCst);
@@ -284,18 +303,17 @@ impl Backend<Manager> for ScriptedBackend {
     fn classify(&self, error: &ScriptError) -> mirrorpool::backend::Fault {
         match error.cause.to_string().as_str() {
             "connection refused" | "connection reset" => mirrorpool::backend::Fault::ConnectionLost,
+            "too many connections" => mirrorpool::backend::Fault::TooManyConnections,
             _ => mirrorpool::backend::Fault::Other,
         }
     }
 
-    fn probe(
-        &self,
-        m: &Manager,
-        _c: &mut Conn,
-        _t: Duration,
-    ) -> Result<Observation, BackendError> {
+    fn probe(&self, m: &Manager, _c: &mut Conn, _t: Duration) -> Result<Observation, BackendError> {
         if m.0.state.lock().panic_probe {
             panic!("scripted panic in the heartbeat");
+        }
+        if std::mem::take(&mut m.0.state.lock().fail_next_probe) {
+            return Err(Box::new(ScriptError::new(m.0.name, "connection reset")));
         }
         let delay = m.0.state.lock().probe_delay;
         std::thread::sleep(delay);
@@ -336,12 +354,7 @@ impl Backend<Manager> for RoleAwareBackend {
     fn classify(&self, error: &ScriptError) -> mirrorpool::backend::Fault {
         ScriptedBackend.classify(error)
     }
-    fn probe(
-        &self,
-        m: &Manager,
-        c: &mut Conn,
-        t: Duration,
-    ) -> Result<Observation, BackendError> {
+    fn probe(&self, m: &Manager, c: &mut Conn, t: Duration) -> Result<Observation, BackendError> {
         ScriptedBackend.probe(m, c, t)
     }
     fn promote(&self, m: &Manager, c: &mut Conn, t: Duration) -> Result<(), BackendError> {
@@ -416,6 +429,9 @@ impl mirrorpool::HandleEvent for Recorder {
     }
     fn handle_promotion(&self, e: mirrorpool::event::PromotionEvent) {
         self.push(format!("promotion {} ok={}", e.side(), e.error().is_none()));
+    }
+    fn handle_saturation(&self, e: mirrorpool::event::SaturationEvent) {
+        self.push(format!("saturated {} {}", e.side(), e.saturated()));
     }
     fn handle_misconfiguration(&self, e: mirrorpool::event::MisconfigurationEvent) {
         self.push(format!("misconfigured {} {:?}", e.side(), e.problem()));
