@@ -204,3 +204,28 @@ fn a_primary_refusing_connects_with_no_connection_to_answer_on_is_still_failed_o
     assert!(wait_until(LONG, || pool.active() == Side::Mirror));
     assert!(!pool.status().primary.saturated);
 }
+
+#[test]
+fn the_heartbeat_connection_is_recycled_after_max_lifetime_like_pool_connections() {
+    for lifetime in [None, Some(Duration::from_millis(100))] {
+        let (p, m) = servers();
+        let pool = builder(&Recorder::default())
+            .min_idle(0)
+            .mirror_min_idle(0)
+            .max_lifetime(lifetime)
+            .build(Manager(p.clone()), Manager(m.clone()))
+            .unwrap();
+        assert!(both_up(&pool));
+        let before = p.connects();
+        thread::sleep(Duration::from_millis(700));
+        let reconnects = p.connects() - before;
+        match lifetime {
+            None => assert_eq!(reconnects, 0, "a heartbeat connection lives on"),
+            Some(_) => assert!(reconnects >= 3, "only {reconnects} reconnects"),
+        }
+        assert!(
+            p.open_connections() <= 1,
+            "old heartbeat connections are closed"
+        );
+    }
+}

@@ -464,3 +464,40 @@ fn max_size_one_alone_is_accepted_and_an_explicit_contradiction_is_not() {
         "{err}"
     );
 }
+
+#[test]
+fn build_checked_fails_fast_with_a_typed_error_naming_the_side() {
+    // Unreachable mirror: the error names it and carries the connect error.
+    let (p, m) = servers();
+    m.set_mode(Mode::Refuse);
+    let started = Instant::now();
+    let err = builder(&Recorder::default())
+        .build_checked(Manager(p.clone()), Manager(m.clone()))
+        .unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(4), "fails fast");
+    match &err {
+        BuildError::Unreachable {
+            side: Side::Mirror,
+            cause: Some(c),
+        } => assert!(c.chain().contains("connection refused"), "{}", c.chain()),
+        other => panic!("{other:?}"),
+    }
+    // A role-aware pool whose "mirror" is a writable primary is not a mirror pool.
+    m.set_mode(Mode::Up);
+    p.set_role(Role::Writable);
+    m.set_role(Role::Writable);
+    m.set_epoch(2);
+    let err = builder(&Recorder::default())
+        .backend(RoleAwareBackend)
+        .build_checked(Manager(p.clone()), Manager(m.clone()))
+        .unwrap_err();
+    assert!(matches!(err, BuildError::NotAMirror { .. }), "{err}");
+    // A proper pair passes and serves at once.
+    m.set_role(Role::ReadOnly);
+    m.set_upstream_streaming(Some(true));
+    let pool = builder(&Recorder::default())
+        .backend(RoleAwareBackend)
+        .build_checked(Manager(p), Manager(m))
+        .expect("a healthy pair");
+    assert_eq!(pool.get().unwrap().server, "primary");
+}
