@@ -59,6 +59,8 @@ struct Monitor<M: ManageConnection> {
     drains: PerSide<Option<Drain>>,
     next_upkeep: Instant,
     actions: Vec<Action>,
+    /// Each side's count of connections returned unbroken, as last seen.
+    returned: PerSide<u64>,
 }
 
 enum Step {
@@ -79,6 +81,7 @@ pub(crate) fn spawn<M: ManageConnection>(
         drains: PerSide::new(None, None),
         next_upkeep: now,
         actions: Vec::new(),
+        returned: PerSide::new(0, 0),
         shared,
     };
     drop(reply_tx);
@@ -141,6 +144,13 @@ impl<M: ManageConnection> Monitor<M> {
     fn step(&mut self, commands: &Receiver<Command>, replies: &Receiver<Reply>) -> Step {
         let now = Instant::now();
         self.shared.clock.advance(now);
+        for side in Side::BOTH {
+            let returned = self.shared.sides[side].returned();
+            if returned != self.returned[side] {
+                self.returned[side] = returned;
+                self.policy.on_progress(side, now, &mut self.actions);
+            }
+        }
         self.policy.on_timer(now, &mut self.actions);
         self.apply(now);
         if now >= self.next_upkeep {
@@ -178,6 +188,7 @@ impl<M: ManageConnection> Monitor<M> {
                 seq,
                 result,
                 saturated,
+                not_run,
                 rtt,
             } => {
                 if seq != self.probers[side].current() {
@@ -210,7 +221,11 @@ impl<M: ManageConnection> Monitor<M> {
                             Err(cause) => {
                                 log::trace!("heartbeat {side}: failed: {}", cause.chain());
                                 s.last_error = Some(cause);
-                                ProbeOutcome::Failed
+                                if not_run {
+                                    ProbeOutcome::NotRun
+                                } else {
+                                    ProbeOutcome::Failed
+                                }
                             }
                         }
                     };

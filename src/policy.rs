@@ -112,6 +112,8 @@ pub(crate) enum ProbeOutcome {
     /// this observation, or with a "too many connections" error): full, not down.
     Saturated(Option<Observation>),
     Failed,
+    /// The heartbeat could not be run (no thread for it): counts like a timeout.
+    NotRun,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -136,6 +138,10 @@ pub(crate) struct SideState {
     last_started: Option<Instant>,
     requested: Option<Instant>,
     saturated: bool,
+    /// Every failure in the current run of failures was a timeout (no error answer).
+    timeouts_only: bool,
+    /// When callers were last seen returning connections of this side unbroken.
+    progress: Option<Instant>,
 }
 
 impl SideState {
@@ -153,6 +159,8 @@ impl SideState {
             last_started: None,
             requested: None,
             saturated: false,
+            timeouts_only: true,
+            progress: None,
         }
     }
 
@@ -255,7 +263,16 @@ impl Policy {
                     if now >= after(started, self.cfg.heartbeat_timeout) =>
                 {
                     out.push(Action::AbandonProbe(side));
-                    self.record_failure(side, started, now, true, out);
+                    if self.sides[side].progress.is_some_and(|p| p >= started) {
+                        // Callers were served by this side while its heartbeat waited: it is
+                        // slow (a CPU-starved host), not dead. A hung or cut-off server
+                        // serves nobody, so this never hides one.
+                        let st = &mut self.sides[side];
+                        st.op = None;
+                        st.last_done = Some(now);
+                    } else {
+                        self.record_failure(side, started, now, true, out);
+                    }
                 }
                 Some(Op::Promote { started })
                     if now >= after(started, self.cfg.promotion_timeout) =>
@@ -306,6 +323,7 @@ impl Policy {
                 self.mark_up(side, now, out);
             }
             ProbeOutcome::Failed => self.record_failure(side, started, now, false, out),
+            ProbeOutcome::NotRun => self.record_failure(side, started, now, true, out),
         }
         if self.sides[side].saturated != saturated {
             self.sides[side].saturated = saturated;
@@ -329,6 +347,19 @@ impl Policy {
         }
         self.mark_up(side, now, out);
         self.decide(now, out);
+    }
+
+    /// Callers returned connections of `side` unbroken since the last input: the side answers
+    /// them. A heartbeat that times out meanwhile is not counted as a failure, and a side that
+    /// only timed out is up again.
+    pub(crate) fn on_progress(&mut self, side: Side, now: Instant, out: &mut Vec<Action>) {
+        let st = &mut self.sides[side];
+        st.progress = Some(now);
+        // Only timeouts are forgiven: a heartbeat that got an error saw something wrong.
+        if st.health == Health::Suspect && st.timeouts_only {
+            self.mark_up(side, now, out);
+            self.decide(now, out);
+        }
     }
 
     /// A caller failed to connect to or validate on `side`: probe it soon.
@@ -559,6 +590,7 @@ impl Policy {
         let st = &mut self.sides[side];
         st.op = None;
         st.last_done = Some(now);
+        st.timeouts_only = timed_out && (st.failures == 0 || st.timeouts_only);
         st.failures = st.failures.saturating_add(1);
         let since = *st.failing_since.get_or_insert(started);
         st.up_since = None;

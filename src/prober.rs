@@ -44,6 +44,9 @@ pub(crate) enum Reply {
         /// (too many connections), while the side answered: on a pool connection it borrowed
         /// (then `result` is that answer), or with a server error saying so.
         saturated: bool,
+        /// The heartbeat was not run at all (its thread could not be had): no answer, like a
+        /// timeout, rather than an error from the server.
+        not_run: bool,
         rtt: Duration,
     },
     Promote {
@@ -170,6 +173,7 @@ impl<M: ManageConnection> Prober<M> {
                     seq,
                     result: Err(why),
                     saturated: false,
+                    not_run: true,
                     rtt: Duration::ZERO,
                 },
                 Job::Promote { seq } => Reply::Promote {
@@ -339,6 +343,7 @@ impl<M: ManageConnection> Worker<M> {
                         seq,
                         result,
                         saturated,
+                        not_run: false,
                         rtt: started.elapsed(),
                     }
                 }

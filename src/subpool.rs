@@ -80,6 +80,9 @@ struct Inner<M: ManageConnection> {
     connect_failures: u32,
     retry_at: Option<Instant>,
     last_error: Option<Cause>,
+    /// Connections callers returned unbroken: evidence the side answers them (see
+    /// `Policy::on_progress`). Kept under the lock the return already holds.
+    returned: u64,
 }
 
 /// Lock-free counters for status reports: metrics must never contend with checkouts.
@@ -178,6 +181,7 @@ impl<M: ManageConnection> SubPool<M> {
                 connect_failures: 0,
                 retry_at: None,
                 closed: false,
+                returned: 0,
             }),
             cond: Condvar::new(),
             counters: Counters::default(),
@@ -217,6 +221,11 @@ impl<M: ManageConnection> SubPool<M> {
     /// Asks the monitor to probe this side soon (a caller saw it fail).
     pub(crate) fn request_probe(&self) {
         self.probes.request(self.side);
+    }
+
+    /// How many connections callers have returned unbroken (wrapping).
+    pub(crate) fn returned(&self) -> u64 {
+        self.inner.lock().returned
     }
 
     pub(crate) fn last_error(&self) -> Option<Cause> {
@@ -514,6 +523,7 @@ impl<M: ManageConnection> SubPool<M> {
         }
         conn.idle_since_ms = now_ms;
         inner.idle.push(conn);
+        inner.returned = inner.returned.wrapping_add(1);
         // The hot path: only the idle count changed.
         self.idle_count
             .store(inner.idle.len() as u32, Ordering::Relaxed);

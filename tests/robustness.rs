@@ -501,3 +501,36 @@ fn build_checked_fails_fast_with_a_typed_error_naming_the_side() {
         .expect("a healthy pair");
     assert_eq!(pool.get().unwrap().server, "primary");
 }
+
+#[test]
+fn a_primary_whose_heartbeats_time_out_while_it_serves_callers_is_not_failed_over_from() {
+    let (p, m) = servers();
+    let events = Recorder::default();
+    let pool = build(builder(&events).max_size(4), &p, &m);
+    assert!(both_up(&pool));
+    // Heartbeats get no answer (a starved or stuck heartbeat session), callers are served.
+    p.set_hang_probes(true);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let workers: Vec<_> = (0..3)
+        .map(|_| {
+            let (pool, stop) = (pool.clone(), stop.clone());
+            thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let conn = pool.get().unwrap();
+                    assert_eq!(conn.server, "primary");
+                    thread::sleep(Duration::from_millis(2));
+                }
+            })
+        })
+        .collect();
+    thread::sleep(Duration::from_millis(1500));
+    assert_eq!(events.count("switch"), 0, "{:?}", events.lines());
+    assert_eq!(pool.status().primary.health, Health::Up);
+    // Once nobody is served, the same silence is a failure.
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.join().unwrap();
+    }
+    assert!(wait_until(LONG, || pool.active() == Side::Mirror));
+    p.set_hang_probes(false);
+}

@@ -1166,3 +1166,48 @@ proptest! {
         let _ = s.policy.next_deadline(s.now);
     }
 }
+
+#[test]
+fn a_side_serving_callers_is_not_failed_by_heartbeats_that_time_out() {
+    for served in [true, false] {
+        let mut s = Sim::pg(cfg());
+        s.run(ms(300));
+        // The primary's heartbeats get no answer in time (a CPU-starved host, or a hung one).
+        s.world[Side::Primary] = Srv::Hang;
+        for _ in 0..1500 {
+            if served {
+                // Callers keep returning its connections unbroken: it answers them.
+                let mut out = Vec::new();
+                s.policy.on_progress(Side::Primary, s.now, &mut out);
+                s.record(out);
+            }
+            s.step(ms(1));
+        }
+        let downs = s.count(|a| {
+            matches!(
+                a,
+                Action::Health {
+                    side: Side::Primary,
+                    health: Health::Down,
+                    ..
+                }
+            )
+        });
+        assert_eq!(downs > 0, !served, "served = {served}\n{:#?}", s.log);
+        assert_eq!(s.count(is_switch) > 0, !served);
+    }
+}
+
+#[test]
+fn progress_does_not_forgive_heartbeats_that_got_an_error() {
+    let mut s = Sim::pg(cfg());
+    s.run(ms(300));
+    s.world[Side::Primary] = Srv::Refuse;
+    for _ in 0..500 {
+        let mut out = Vec::new();
+        s.policy.on_progress(Side::Primary, s.now, &mut out);
+        s.record(out);
+        s.step(ms(1));
+    }
+    assert_eq!(s.policy.side(Side::Primary).health, Health::Down);
+}
