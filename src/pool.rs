@@ -24,7 +24,7 @@ use crate::report::{catch, Events};
 use crate::shared::{route_side, ProbeRequester, Routing, Shared, ROUTE_BLOCKED};
 use crate::side::{PerSide, Side};
 use crate::status::{SideStatus, Status};
-use crate::subpool::{Checkout, Conn, SubPool, SubPoolConfig, Wait};
+use crate::subpool::{Checkout, Conn, SubPool, SubPoolConfig, Wait, Wiring};
 
 /// Owned by the user-facing handles only: when the last handle drops, the monitor stops.
 struct Handle<M: ManageConnection> {
@@ -117,11 +117,13 @@ impl<M: ManageConnection> MirrorPool<M> {
                     max_retry_delay: f.heartbeat_interval,
                     reset_on_return: config.reset_on_return,
                 },
-                clock.clone(),
-                backend.clone(),
-                ProbeRequester(tx.clone()),
-                customizer.clone(),
-                events.clone(),
+                Wiring {
+                    clock: clock.clone(),
+                    backend: backend.clone(),
+                    probes: ProbeRequester(tx.clone()),
+                    customizer: customizer.clone(),
+                    events: events.clone(),
+                },
             )
         };
         let sides = PerSide::new(

@@ -110,6 +110,15 @@ pub(crate) struct Counts {
     pub connect_failures: u64,
 }
 
+/// What both sides' sub-pools share with the rest of the pool.
+pub(crate) struct Wiring<M: ManageConnection> {
+    pub clock: Arc<CoarseClock>,
+    pub backend: Arc<dyn Backend<M>>,
+    pub probes: ProbeRequester,
+    pub customizer: Option<Customizer<M>>,
+    pub events: Events,
+}
+
 /// A caller's wait, begun when it first found no idle connection (the fast path reads no
 /// clock).
 #[derive(Clone, Copy, Debug)]
@@ -153,22 +162,18 @@ impl<M: ManageConnection> SubPool<M> {
         side: Side,
         manager: Arc<M>,
         cfg: SubPoolConfig,
-        clock: Arc<CoarseClock>,
-        backend: Arc<dyn Backend<M>>,
-        probes: ProbeRequester,
-        customizer: Option<Customizer<M>>,
-        events: Events,
+        wiring: Wiring<M>,
     ) -> Arc<SubPool<M>> {
         Arc::new_cyclic(|me| SubPool {
             idle_count: AtomicU32::new(0),
             side,
             manager,
-            backend,
-            probes,
-            customizer,
-            events,
+            backend: wiring.backend,
+            probes: wiring.probes,
+            customizer: wiring.customizer,
+            events: wiring.events,
             cfg,
-            clock,
+            clock: wiring.clock,
             inner: Mutex::new(Inner {
                 idle: Vec::new(),
                 open: 0,
