@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use mirrorpool::postgres::{PostgresManager, PostgresPool};
 use mirrorpool::testkit::{PgPair, ProxyMode, TcpProxy};
-use mirrorpool::{HandleEvent, Side};
+use mirrorpool::{HandleEvent, PooledConnection, Side};
 use postgres::NoTls;
 
 const WRITERS: i32 = 8;
@@ -51,25 +51,25 @@ impl Events {
 }
 
 impl HandleEvent for Events {
-    fn handle_side_down(&self, e: mirrorpool::SideDownEvent) {
+    fn handle_side_down(&self, e: mirrorpool::event::SideDownEvent) {
         self.0
             .lock()
             .unwrap()
             .push((Instant::now(), format!("down {}", e.side())));
     }
-    fn handle_switch(&self, e: mirrorpool::SwitchEvent) {
+    fn handle_switch(&self, e: mirrorpool::event::SwitchEvent) {
         self.0
             .lock()
             .unwrap()
             .push((Instant::now(), format!("switch {}", e.to())));
     }
-    fn handle_promotion(&self, e: mirrorpool::PromotionEvent) {
+    fn handle_promotion(&self, e: mirrorpool::event::PromotionEvent) {
         let now = Instant::now();
         let mut log = self.0.lock().unwrap();
         log.push((now - e.duration(), "promotion started".to_string()));
         log.push((now, format!("promoted {}", e.error().is_none())));
     }
-    fn handle_switch_refused(&self, e: mirrorpool::SwitchRefusedEvent) {
+    fn handle_switch_refused(&self, e: mirrorpool::event::SwitchRefusedEvent) {
         self.0.lock().unwrap().push((
             Instant::now(),
             format!("refused {}: {}", e.to(), e.reason()),
@@ -108,7 +108,7 @@ fn start_load(pool: &PostgresPool) -> Load {
                         }
                     };
                     seq += 1;
-                    let side = conn.side();
+                    let side = PooledConnection::side(&conn);
                     match conn.execute("INSERT INTO t VALUES ($1, $2)", &[&w, &seq]) {
                         Ok(_) => record
                             .lock()
@@ -116,7 +116,7 @@ fn start_load(pool: &PostgresPool) -> Load {
                             .acked
                             .push((w, seq, side, Instant::now())),
                         Err(e) => {
-                            conn.report(&e);
+                            PooledConnection::report(&mut conn, &e);
                             record.lock().unwrap().failed.push((w, seq));
                         }
                     }

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use mirrorpool::postgres::{PostgresManager, PostgresPool};
 use mirrorpool::testkit::PgPair;
-use mirrorpool::{HandleEvent, Side};
+use mirrorpool::{HandleEvent, PooledConnection, Side};
 use postgres::NoTls;
 
 /// Prints every pool event with the time since the start of the demo.
@@ -30,36 +30,36 @@ impl Timeline {
 }
 
 impl HandleEvent for Timeline {
-    fn handle_side_down(&self, e: mirrorpool::SideDownEvent) {
+    fn handle_side_down(&self, e: mirrorpool::event::SideDownEvent) {
         self.say(format!(
             "{} DOWN after {} failed heartbeats",
             e.side(),
             e.failures()
         ));
     }
-    fn handle_side_up(&self, e: mirrorpool::SideUpEvent) {
+    fn handle_side_up(&self, e: mirrorpool::event::SideUpEvent) {
         self.say(format!("{} up", e.side()));
     }
-    fn handle_switch(&self, e: mirrorpool::SwitchEvent) {
+    fn handle_switch(&self, e: mirrorpool::event::SwitchEvent) {
         self.say(format!("SWITCH {} -> {}: {}", e.from(), e.to(), e.reason()));
     }
-    fn handle_promotion(&self, e: mirrorpool::PromotionEvent) {
+    fn handle_promotion(&self, e: mirrorpool::event::PromotionEvent) {
         match e.error() {
             None => self.say(format!("{} promoted in {:?}", e.side(), e.duration())),
             Some(err) => self.say(format!("promotion failed: {}", err.chain())),
         }
     }
-    fn handle_drain(&self, e: mirrorpool::DrainEvent) {
+    fn handle_drain(&self, e: mirrorpool::event::DrainEvent) {
         self.say(format!(
             "{} drained ({} stale connections closed)",
             e.side(),
             e.closed()
         ));
     }
-    fn handle_switch_refused(&self, e: mirrorpool::SwitchRefusedEvent) {
+    fn handle_switch_refused(&self, e: mirrorpool::event::SwitchRefusedEvent) {
         self.say(format!("switch to {} refused: {}", e.to(), e.reason()));
     }
-    fn handle_split_brain(&self, e: mirrorpool::SplitBrainEvent) {
+    fn handle_split_brain(&self, e: mirrorpool::event::SplitBrainEvent) {
         self.say(format!(
             "SPLIT BRAIN: writers stay on the {}, the {} is fenced",
             e.writer(),
@@ -118,11 +118,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                         }
                     };
                     seq += 1;
-                    let side = conn.side();
+                    let side = PooledConnection::side(&conn);
                     match conn.execute("INSERT INTO demo VALUES ($1, $2)", &[&w, &seq]) {
                         Ok(_) => acked.lock().unwrap().push((w, seq, side, Instant::now())),
                         Err(e) => {
-                            conn.report(&e);
+                            PooledConnection::report(&mut conn, &e);
                             failed.fetch_add(1, Ordering::Relaxed);
                         }
                     }

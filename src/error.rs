@@ -17,7 +17,7 @@ pub struct Cause {
 
 impl Cause {
     /// Captures `error` and its whole `source()` chain.
-    pub fn capture(error: &(dyn StdError + 'static)) -> Cause {
+    pub(crate) fn capture(error: &(dyn StdError + 'static)) -> Cause {
         let mut messages = vec![error.to_string()];
         let mut next = error.source();
         // Bounded: a cyclic or absurdly deep chain must not loop forever.
@@ -35,11 +35,14 @@ impl Cause {
                 source: cause,
             }));
         }
-        *cause.expect("at least one message")
+        match cause {
+            Some(c) => *c,
+            None => Cause::new(String::new()),
+        }
     }
 
     /// A cause with a message only.
-    pub fn new(message: impl Into<String>) -> Cause {
+    pub(crate) fn new(message: impl Into<String>) -> Cause {
         Cause {
             message: message.into(),
             source: None,
@@ -96,19 +99,39 @@ pub enum Refusal {
     TargetReadOnly,
     /// The target is a fenced old primary: it diverged and must not receive writes.
     TargetFenced,
+    /// The target's role is not known yet (its heartbeat has not reported it); a role-aware
+    /// pool never sends writes to a side it has not seen take them.
+    TargetRoleUnknown,
     /// The mirror is further behind than `max_failover_lag`; switching could lose writes.
     LagTooHigh {
-        /// The mirror's last known lag.
+        /// The estimated loss: the primary's last known position against what the mirror has
+        /// replayed now, or the mirror's own lag.
         lag: Lag,
+        /// The configured limit.
+        limit: Lag,
+    },
+    /// `max_failover_lag` is set, but no fresh heartbeat reported that kind of lag, so the
+    /// switch cannot be shown to be within it.
+    LagUnknown {
         /// The configured limit.
         limit: Lag,
     },
     /// The mirror still receives from the primary: the primary is alive and only this
     /// application lost it (a network cut). Promoting would create a second primary.
     PrimaryStillStreaming,
-    /// The backend reports no replication link state, so a primary failure cannot be
+    /// The mirror's link to the primary could not be seen, so a primary failure cannot be
     /// verified before promoting (see `verify_primary_failure`).
     CannotVerify,
+    /// The pool's database role lacks a privilege the configured features need; the text
+    /// says which (e.g. "the role lacks EXECUTE on pg_promote").
+    MissingPrivilege {
+        /// The side the privilege is missing on.
+        side: Side,
+        /// What is missing, as the backend put it.
+        what: &'static str,
+    },
+    /// Both sides are the same server (the mirror is configured with the primary's address).
+    SameServer,
     /// The last switch was too recent (`min_switch_interval`).
     TooSoon,
 }
@@ -123,15 +146,28 @@ impl fmt::Display for Refusal {
             Refusal::TargetFenced => {
                 f.write_str("the target side is a fenced old primary that may have diverged")
             }
+            Refusal::TargetRoleUnknown => {
+                f.write_str("the target side's role is not known yet (no heartbeat reported it)")
+            }
             Refusal::LagTooHigh { lag, limit } => write!(
                 f,
                 "the mirror's replication lag ({lag}) exceeds max_failover_lag ({limit}); switching could lose acknowledged writes"
+            ),
+            Refusal::LagUnknown { limit } => write!(
+                f,
+                "the mirror's replication lag is unknown, so it cannot be shown to be within max_failover_lag ({limit})"
             ),
             Refusal::PrimaryStillStreaming => f.write_str(
                 "the mirror still receives from the primary, so the primary is alive and only this application lost it; not promoting",
             ),
             Refusal::CannotVerify => f.write_str(
-                "the backend cannot tell whether the mirror lost the primary, so the primary failure cannot be verified",
+                "the mirror's replication link cannot be seen, so the primary failure cannot be verified",
+            ),
+            Refusal::MissingPrivilege { side, what } => {
+                write!(f, "missing privilege on the {side}: {what}")
+            }
+            Refusal::SameServer => f.write_str(
+                "the primary and the mirror are the same server (check the mirror's address)",
             ),
             Refusal::TooSoon => f.write_str("the last switch was less than min_switch_interval ago"),
         }
@@ -154,6 +190,9 @@ pub enum Blocked {
     /// A switch away from a failed side, or the promotion of the replica writers wait on,
     /// was refused.
     Refused(Refusal),
+    /// The monitor thread stopped (it panicked repeatedly, or the operating system ended it):
+    /// nobody watches the sides, so the pool serves nobody rather than pretend.
+    Unmonitored,
 }
 
 impl fmt::Display for Blocked {
@@ -167,13 +206,23 @@ impl fmt::Display for Blocked {
                 "waiting for the {side} to confirm it lost the {} before promoting it",
                 side.other()
             ),
+            Blocked::Refused(Refusal::MissingPrivilege { side, what }) => {
+                write!(
+                    f,
+                    "cannot fail over: missing privilege on the {side}: {what}"
+                )
+            }
             Blocked::Refused(r) => write!(f, "failover refused: {r}"),
+            Blocked::Unmonitored => f.write_str(
+                "the pool's monitor thread stopped, so no side is known to be safe to serve",
+            ),
         }
     }
 }
 
 /// The last error seen on one side, for error messages that name both sides.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct SideReport {
     /// The side.
     pub side: Side,
@@ -203,11 +252,11 @@ impl fmt::Display for SideReport {
     }
 }
 
-/// Errors returned by the pool.
+/// Why building a pool failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-pub enum Error {
-    /// A builder option has an invalid value.
+pub enum BuildError {
+    /// A builder option has an invalid value (or one the backend cannot honour).
     #[error("invalid configuration: {option} {problem}")]
     InvalidConfig {
         /// The option's name.
@@ -215,6 +264,51 @@ pub enum Error {
         /// What is wrong with it.
         problem: String,
     },
+    /// The operating system refused to start the monitor thread.
+    #[error("could not start the monitor thread")]
+    Spawn(#[source] std::io::Error),
+    /// `build_checked`: a side did not answer its first heartbeat in time.
+    #[error("the {side} is unreachable{}", cause_suffix(.cause))]
+    Unreachable {
+        /// The side.
+        side: Side,
+        /// Its last error (`None`: no answer within the timeout).
+        #[source]
+        cause: Option<Cause>,
+    },
+    /// `build_checked`: the pool's role lacks a privilege the configured features need.
+    #[error("missing privilege on the {side}: {what}")]
+    MissingPrivilege {
+        /// The side.
+        side: Side,
+        /// What is missing, as the backend put it.
+        what: &'static str,
+    },
+    /// `build_checked`: the mirror is not a replica of the primary (or the primary is not a
+    /// writable primary).
+    #[error("the mirror is not a replica of the primary: {problem}")]
+    NotAMirror {
+        /// What the heartbeats showed.
+        problem: String,
+    },
+    /// `build_checked`: both sides are the same server.
+    #[error("the primary and the mirror are the same server (check the mirror's address)")]
+    SameServer,
+}
+
+impl BuildError {
+    pub(crate) fn config(option: &'static str, problem: impl Into<String>) -> BuildError {
+        BuildError::InvalidConfig {
+            option,
+            problem: problem.into(),
+        }
+    }
+}
+
+/// Why `get()`, `get_timeout()` or `get_from()` returned no connection.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum GetError {
     /// No connection became available on `side` before the deadline.
     #[error("timed out after {waited:?} waiting for a connection to the {side}{}", cause_suffix(.cause))]
     Timeout {
@@ -226,7 +320,7 @@ pub enum Error {
         #[source]
         cause: Option<Cause>,
     },
-    /// Neither side could serve writers before the deadline; names both sides and their last
+    /// No side could serve writers before the deadline; names both sides and their last
     /// errors.
     #[error("no side could serve after {waited:?}: {blocked}; {primary}; {mirror}")]
     Unavailable {
@@ -248,39 +342,46 @@ pub enum Error {
         #[source]
         cause: Option<Cause>,
     },
-    /// A manual switch was refused.
+    /// The pool has been closed.
+    #[error("the pool is closed")]
+    Closed,
+}
+
+impl GetError {
+    /// Whether the caller gave up waiting (`Timeout` or `Unavailable`).
+    pub fn is_timeout(&self) -> bool {
+        matches!(
+            self,
+            GetError::Timeout { .. } | GetError::Unavailable { .. }
+        )
+    }
+
+    /// Whether the pool is closed.
+    pub fn is_closed(&self) -> bool {
+        matches!(self, GetError::Closed)
+    }
+}
+
+/// Why `switch_over()` did not move writers.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SwitchError {
+    /// The switch was refused.
     #[error("switch to the {to} refused: {reason}")]
-    SwitchRefused {
+    Refused {
         /// The side asked for.
         to: Side,
         /// Why.
         reason: Refusal,
     },
-    /// The pool has been shut down.
+    /// The pool has been closed.
     #[error("the pool is closed")]
     Closed,
-    /// The operating system refused to start the monitor thread.
-    #[error("could not start the monitor thread")]
-    Spawn(#[source] std::io::Error),
 }
 
 fn cause_suffix(cause: &Option<Cause>) -> String {
     match cause {
         Some(c) => format!(": {}", c.chain()),
         None => String::new(),
-    }
-}
-
-impl Error {
-    pub(crate) fn config(option: &'static str, problem: impl Into<String>) -> Error {
-        Error::InvalidConfig {
-            option,
-            problem: problem.into(),
-        }
-    }
-
-    /// Whether the caller gave up waiting (`Timeout` or `Unavailable`).
-    pub fn is_timeout(&self) -> bool {
-        matches!(self, Error::Timeout { .. } | Error::Unavailable { .. })
     }
 }

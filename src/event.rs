@@ -1,7 +1,8 @@
 //! Failover events and the trait that receives them.
 //!
 //! Every event is also logged through the `log` crate: switches, downs and refusals at `warn`,
-//! split brain at `error`, recoveries and drains at `info`, heartbeat failures at `debug`.
+//! split brain and configuration problems at `error`, recoveries and drains at `info`,
+//! heartbeat failures at `debug`.
 
 use std::fmt;
 use std::time::Duration;
@@ -230,9 +231,308 @@ impl PromotionEvent {
     }
 }
 
-/// Receives failover events, on the monitor thread. Every method defaults to doing nothing.
-/// Keep handlers quick: the monitor waits for them.
+/// The pool found, on a side's heartbeat, a configuration problem that will refuse
+/// failovers: a privilege the configured features need is missing, or both sides are the
+/// same server. Reported once per problem, as soon as it is seen (also logged at `error`).
+#[derive(Debug, Clone)]
+pub struct MisconfigurationEvent {
+    pub(crate) side: Side,
+    pub(crate) problem: Refusal,
+}
+
+impl MisconfigurationEvent {
+    /// The side whose heartbeat showed it.
+    pub fn side(&self) -> Side {
+        self.side
+    }
+    /// The problem, as the refusal it will cause.
+    pub fn problem(&self) -> &Refusal {
+        &self.problem
+    }
+}
+
+/// A side's heartbeats can connect again, or cannot because the server refuses new
+/// connections ("too many connections") while it still answers on the connections the pool
+/// has: a full server, not a dead one. Writers stay; logged at `warn`.
+#[derive(Debug, Clone)]
+pub struct SaturationEvent {
+    pub(crate) side: Side,
+    pub(crate) saturated: bool,
+}
+
+impl SaturationEvent {
+    /// The side.
+    pub fn side(&self) -> Side {
+        self.side
+    }
+    /// Whether it is saturated now (`false`: it accepts connections again).
+    pub fn saturated(&self) -> bool {
+        self.saturated
+    }
+}
+
+/// A pool connection was opened (r2d2's `AcquireEvent`).
+#[derive(Debug, Clone)]
+pub struct AcquireEvent {
+    pub(crate) side: Side,
+    pub(crate) connection_id: u64,
+}
+
+impl AcquireEvent {
+    /// The side.
+    pub fn side(&self) -> Side {
+        self.side
+    }
+    /// The connection's id (as `PooledConnection::id`).
+    pub fn connection_id(&self) -> u64 {
+        self.connection_id
+    }
+}
+
+/// A pool connection was closed (r2d2's `ReleaseEvent`).
+#[derive(Debug, Clone)]
+pub struct ReleaseEvent {
+    pub(crate) side: Side,
+    pub(crate) connection_id: u64,
+    pub(crate) age: Duration,
+}
+
+impl ReleaseEvent {
+    /// The side.
+    pub fn side(&self) -> Side {
+        self.side
+    }
+    /// The connection's id.
+    pub fn connection_id(&self) -> u64 {
+        self.connection_id
+    }
+    /// How long the connection existed (on the pool's coarse clock: to within a heartbeat
+    /// interval).
+    pub fn age(&self) -> Duration {
+        self.age
+    }
+}
+
+/// A connection was checked out (r2d2's `CheckoutEvent`).
+#[derive(Debug, Clone)]
+pub struct CheckoutEvent {
+    pub(crate) side: Side,
+    pub(crate) connection_id: u64,
+    pub(crate) duration: Duration,
+}
+
+impl CheckoutEvent {
+    /// The side.
+    pub fn side(&self) -> Side {
+        self.side
+    }
+    /// The connection's id.
+    pub fn connection_id(&self) -> u64 {
+        self.connection_id
+    }
+    /// How long the caller waited for it; zero when an idle connection was at hand (that
+    /// path reads no clock).
+    pub fn duration(&self) -> Duration {
+        self.duration
+    }
+}
+
+/// A connection was returned (r2d2's `CheckinEvent`).
+#[derive(Debug, Clone)]
+pub struct CheckinEvent {
+    pub(crate) side: Side,
+    pub(crate) connection_id: u64,
+    pub(crate) duration: Duration,
+}
+
+impl CheckinEvent {
+    /// The side.
+    pub fn side(&self) -> Side {
+        self.side
+    }
+    /// The connection's id.
+    pub fn connection_id(&self) -> u64 {
+        self.connection_id
+    }
+    /// How long it was checked out.
+    pub fn duration(&self) -> Duration {
+        self.duration
+    }
+}
+
+/// A `get()` timed out (r2d2's `TimeoutEvent`).
+#[derive(Debug, Clone)]
+pub struct TimeoutEvent {
+    pub(crate) side: Option<Side>,
+    pub(crate) timeout: Duration,
+}
+
+impl TimeoutEvent {
+    /// The side the caller waited on; `None` when no side could serve writers.
+    pub fn side(&self) -> Option<Side> {
+        self.side
+    }
+    /// The timeout that passed.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+}
+
+/// Every event the pool reports, for a handler that wants them all in one place
+/// ([`HandleEvent::handle`]), e.g. to feed metrics.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum Event {
+    /// See [`SideDownEvent`].
+    SideDown(SideDownEvent),
+    /// See [`SideUpEvent`].
+    SideUp(SideUpEvent),
+    /// See [`SwitchEvent`].
+    Switch(SwitchEvent),
+    /// See [`DrainEvent`].
+    Drain(DrainEvent),
+    /// See [`HeartbeatFailureEvent`].
+    HeartbeatFailure(HeartbeatFailureEvent),
+    /// See [`SwitchRefusedEvent`].
+    SwitchRefused(SwitchRefusedEvent),
+    /// See [`SplitBrainEvent`].
+    SplitBrain(SplitBrainEvent),
+    /// See [`PromotionEvent`].
+    Promotion(PromotionEvent),
+    /// See [`MisconfigurationEvent`].
+    Misconfiguration(MisconfigurationEvent),
+    /// See [`SaturationEvent`].
+    Saturation(SaturationEvent),
+    /// See [`AcquireEvent`].
+    Acquire(AcquireEvent),
+    /// See [`ReleaseEvent`].
+    Release(ReleaseEvent),
+    /// See [`CheckoutEvent`].
+    Checkout(CheckoutEvent),
+    /// See [`CheckinEvent`].
+    Checkin(CheckinEvent),
+    /// See [`TimeoutEvent`].
+    Timeout(TimeoutEvent),
+}
+
+impl fmt::Display for Event {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let chain = |e: &Option<Cause>| e.as_ref().map(|c| format!(": {}", c.chain()));
+        match self {
+            Event::SideDown(e) => write!(
+                f,
+                "the {} is down after {} failed heartbeats ({:?}){}",
+                e.side,
+                e.failures,
+                e.failing_for,
+                chain(&e.error).unwrap_or_default()
+            ),
+            Event::SideUp(e) => write!(f, "the {} is up", e.side),
+            Event::Switch(e) => write!(
+                f,
+                "writers moved from the {} to the {}: {}",
+                e.from, e.to, e.reason
+            ),
+            Event::Drain(e) => write!(
+                f,
+                "drained the {}: {} connections closed in {:?}",
+                e.side, e.closed, e.duration
+            ),
+            Event::HeartbeatFailure(e) => write!(
+                f,
+                "heartbeat of the {} failed ({} in a row){}",
+                e.side,
+                e.failures,
+                chain(&e.error).unwrap_or_else(|| ": no answer in time".into())
+            ),
+            Event::SwitchRefused(e) => {
+                write!(f, "not moving writers to the {}: {}", e.to, e.reason)
+            }
+            Event::SplitBrain(e) => write!(
+                f,
+                "split brain: writers on the {}, the {} is fenced",
+                e.writer, e.fenced
+            ),
+            Event::Promotion(e) => match &e.error {
+                None => write!(f, "promoted the {} in {:?}", e.side, e.duration),
+                Some(c) => write!(
+                    f,
+                    "promoting the {} failed after {:?}: {}",
+                    e.side,
+                    e.duration,
+                    c.chain()
+                ),
+            },
+            Event::Misconfiguration(e) => {
+                write!(f, "configuration problem on the {}: {}", e.side, e.problem)
+            }
+            Event::Saturation(e) if e.saturated => write!(
+                f,
+                "the {} refuses new connections but answers on open ones: saturated, not down",
+                e.side
+            ),
+            Event::Saturation(e) => write!(f, "the {} accepts connections again", e.side),
+            Event::Acquire(e) => write!(f, "opened {} connection {}", e.side, e.connection_id),
+            Event::Release(e) => write!(
+                f,
+                "closed {} connection {} after {:?}",
+                e.side, e.connection_id, e.age
+            ),
+            Event::Checkout(e) => write!(
+                f,
+                "checked out {} connection {} after {:?}",
+                e.side, e.connection_id, e.duration
+            ),
+            Event::Checkin(e) => write!(
+                f,
+                "returned {} connection {} after {:?}",
+                e.side, e.connection_id, e.duration
+            ),
+            Event::Timeout(e) => match e.side {
+                Some(side) => write!(f, "get() timed out after {:?} on the {side}", e.timeout),
+                None => write!(
+                    f,
+                    "get() timed out after {:?}: no side could serve",
+                    e.timeout
+                ),
+            },
+        }
+    }
+}
+
+/// Receives the pool's events. Every method defaults to doing nothing but
+/// [`handle`](HandleEvent::handle), which the pool calls for every event and which by default
+/// passes it to the per-kind method: override `handle` to see everything in one place, or
+/// the per-kind methods (r2d2's names for the per-connection ones).
+///
+/// Failover events come from the monitor thread, per-connection ones from the thread that
+/// opened, checked out, returned or closed the connection. Keep handlers quick. A handler that
+/// panics is logged at `error` and the pool carries on. Several handlers may be installed
+/// (`Builder::event_handler` adds one each call); each gets every event.
+///
+/// Per-connection events cost a clock read per checkout and return, paid only when at least
+/// one handler is installed.
 pub trait HandleEvent: fmt::Debug + Send + Sync + 'static {
+    /// Every event. Default: passes it to the per-kind method below.
+    fn handle(&self, event: Event) {
+        match event {
+            Event::SideDown(e) => self.handle_side_down(e),
+            Event::SideUp(e) => self.handle_side_up(e),
+            Event::Switch(e) => self.handle_switch(e),
+            Event::Drain(e) => self.handle_drain(e),
+            Event::HeartbeatFailure(e) => self.handle_heartbeat_failure(e),
+            Event::SwitchRefused(e) => self.handle_switch_refused(e),
+            Event::SplitBrain(e) => self.handle_split_brain(e),
+            Event::Promotion(e) => self.handle_promotion(e),
+            Event::Misconfiguration(e) => self.handle_misconfiguration(e),
+            Event::Saturation(e) => self.handle_saturation(e),
+            Event::Acquire(e) => self.handle_acquire(e),
+            Event::Release(e) => self.handle_release(e),
+            Event::Checkout(e) => self.handle_checkout(e),
+            Event::Checkin(e) => self.handle_checkin(e),
+            Event::Timeout(e) => self.handle_timeout(e),
+        }
+    }
     /// A side was marked down.
     fn handle_side_down(&self, event: SideDownEvent) {
         let _ = event;
@@ -263,6 +563,34 @@ pub trait HandleEvent: fmt::Debug + Send + Sync + 'static {
     }
     /// A promotion finished.
     fn handle_promotion(&self, event: PromotionEvent) {
+        let _ = event;
+    }
+    /// A configuration problem was found.
+    fn handle_misconfiguration(&self, event: MisconfigurationEvent) {
+        let _ = event;
+    }
+    /// A side became saturated (refuses new connections) or stopped being so.
+    fn handle_saturation(&self, event: SaturationEvent) {
+        let _ = event;
+    }
+    /// A pool connection was opened.
+    fn handle_acquire(&self, event: AcquireEvent) {
+        let _ = event;
+    }
+    /// A pool connection was closed.
+    fn handle_release(&self, event: ReleaseEvent) {
+        let _ = event;
+    }
+    /// A connection was checked out.
+    fn handle_checkout(&self, event: CheckoutEvent) {
+        let _ = event;
+    }
+    /// A connection was returned.
+    fn handle_checkin(&self, event: CheckinEvent) {
+        let _ = event;
+    }
+    /// A `get()` timed out.
+    fn handle_timeout(&self, event: TimeoutEvent) {
         let _ = event;
     }
 }

@@ -34,44 +34,49 @@
 //! no clock reads); `monitor.rs` is the thread that feeds it and carries out its actions;
 //! `subpool.rs` holds one side's connections; `pool.rs` the handle and the connection guard.
 #![deny(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![warn(rust_2018_idioms)]
 
 pub mod backend;
 mod clock;
+mod close;
 mod config;
 mod error;
-mod event;
+pub mod event;
+mod extensions;
 mod health;
 mod monitor;
 mod observation;
 mod policy;
 mod pool;
 mod prober;
+mod report;
 mod sever;
+mod shared;
 mod side;
 mod status;
 mod subpool;
 
 #[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
 pub mod postgres;
 
 #[cfg(feature = "testkit")]
+#[cfg_attr(docsrs, doc(cfg(feature = "testkit")))]
 pub mod testkit;
 
-pub use backend::{Backend, BackendError, Capabilities, Fault, IsValid};
-pub use config::{Builder, Failback};
-pub use error::{Blocked, Cause, Error, Refusal, SideReport};
-pub use event::{
-    DrainEvent, HandleEvent, HeartbeatFailureEvent, NopEventHandler, PromotionEvent, SideDownEvent,
-    SideUpEvent, SplitBrainEvent, SwitchEvent, SwitchReason, SwitchRefusedEvent,
-};
+pub use config::{Builder, CustomizeConnection, Failback};
+pub use error::{Blocked, BuildError, GetError, Refusal, SideReport, SwitchError};
+pub use event::{HandleEvent, NopEventHandler};
+pub use extensions::Extensions;
 pub use health::Health;
-pub use observation::{
-    Access, Identity, Lag, LagKind, Observation, Privileges, Replication, Role, Upstream,
-};
+pub use observation::{Lag, Role};
 pub use pool::{MirrorPool, PooledConnection};
 pub use side::Side;
 pub use status::{SideStatus, Status, SwitchRecord};
+
+/// Errors kept with their whole cause chain (see [`backend`] for implementors).
+pub use error::Cause;
 
 /// Re-exported so users need not depend on r2d2 to write a manager.
 pub use r2d2::ManageConnection;

@@ -2,8 +2,14 @@
 //!
 //! It owns the clock and the I/O the policy must not do: it feeds heartbeat results, caller
 //! requests and timer ticks to the policy and carries out the actions it returns (start or
-//! abandon probes, switch routing, drain, promote, emit events and logs). It also does the
-//! sub-pools' upkeep (idle timeout, lifetime, `min_idle`).
+//! abandon probes, route, drain, sever, promote, report). It decides nothing itself. It also
+//! does the sub-pools' upkeep (idle timeout, lifetime, `min_idle`), topping a side up only
+//! where [`Policy::may_connect`] allows.
+//!
+//! It never dies of a panic: each step runs under `catch_unwind` (a panic is logged at
+//! `error` and counted in `status()`), and if the thread ends for any other reason than the
+//! pool's shutdown, a guard blocks writers with [`Blocked::Unmonitored`] rather than keep
+//! serving a side nobody watches.
 
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
@@ -12,18 +18,19 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{select, Receiver, Sender};
 use r2d2::ManageConnection;
 
-use crate::error::{Cause, Refusal};
+use crate::clock::after;
+use crate::error::{Blocked, Cause, Refusal};
 use crate::event::{
-    DrainEvent, HeartbeatFailureEvent, PromotionEvent, SideDownEvent, SideUpEvent, SplitBrainEvent,
-    SwitchEvent, SwitchReason, SwitchRefusedEvent,
+    DrainEvent, HeartbeatFailureEvent, MisconfigurationEvent, PromotionEvent, SaturationEvent,
+    SideDownEvent, SideUpEvent, SplitBrainEvent, SwitchEvent, SwitchRefusedEvent,
 };
 use crate::health::Health;
 use crate::policy::{Action, Policy, ProbeOutcome};
-use crate::pool::Shared;
 use crate::prober::{Prober, Reply};
+use crate::report::catch;
+use crate::shared::Shared;
 use crate::side::{PerSide, Side};
 use crate::status::SwitchRecord;
-use crate::subpool::close_in_background;
 
 /// Requests to the monitor.
 pub(crate) enum Command {
@@ -31,9 +38,13 @@ pub(crate) enum Command {
     ProbeNow(Side),
     /// Move writers to this side (`switch_over`).
     Switch(Side, Sender<Result<(), Refusal>>),
-    /// The last pool handle is gone.
+    /// The pool is closing (`close()` or the last handle dropped).
     Shutdown,
 }
+
+/// After this many panics in a row the monitor gives up and blocks writers (see the module
+/// docs); a one-off panic is survived.
+const MAX_PANICS_IN_A_ROW: u32 = 20;
 
 /// A drain in progress: stale connections of `side` still checked out.
 struct Drain {
@@ -45,11 +56,16 @@ struct Monitor<M: ManageConnection> {
     shared: Arc<Shared<M>>,
     policy: Policy,
     probers: PerSide<Prober<M>>,
-    promote_started: PerSide<Option<Instant>>,
     drains: PerSide<Option<Drain>>,
-    /// The last heartbeat failure of this side was a timeout (set by `Abandon`).
-    timed_out: PerSide<bool>,
     next_upkeep: Instant,
+    actions: Vec<Action>,
+    /// Each side's count of connections returned unbroken, as last seen.
+    returned: PerSide<u64>,
+}
+
+enum Step {
+    Continue,
+    Stop,
 }
 
 pub(crate) fn spawn<M: ManageConnection>(
@@ -58,23 +74,14 @@ pub(crate) fn spawn<M: ManageConnection>(
     now: Instant,
 ) -> std::io::Result<JoinHandle<()>> {
     let (reply_tx, reply_rx) = crossbeam_channel::unbounded();
-    let prober = |side: Side| {
-        Prober::new(
-            side,
-            shared.sides[side].manager.clone(),
-            shared.backend.clone(),
-            shared.config.heartbeat_timeout,
-            shared.config.promotion_timeout,
-            reply_tx.clone(),
-        )
-    };
+    let prober = |side: Side| Prober::new(side, shared.clone(), reply_tx.clone());
     let monitor = Monitor {
-        policy: Policy::new(shared.config.clone(), now),
+        policy: Policy::new(shared.config.failover.clone(), now),
         probers: PerSide::new(prober(Side::Primary), prober(Side::Mirror)),
-        promote_started: PerSide::default(),
         drains: PerSide::new(None, None),
-        timed_out: PerSide::default(),
         next_upkeep: now,
+        actions: Vec::new(),
+        returned: PerSide::new(0, 0),
         shared,
     };
     drop(reply_tx);
@@ -83,188 +90,317 @@ pub(crate) fn spawn<M: ManageConnection>(
         .spawn(move || monitor.run(commands, reply_rx))
 }
 
+/// Blocks writers if the monitor thread ends without a shutdown (see the module docs).
+struct Watchdog<M: ManageConnection> {
+    shared: Arc<Shared<M>>,
+    clean: bool,
+}
+
+impl<M: ManageConnection> Drop for Watchdog<M> {
+    fn drop(&mut self) {
+        if self.clean {
+            return;
+        }
+        log::error!("the mirrorpool monitor stopped unexpectedly: blocking writers");
+        let active = self.shared.routing.read().active;
+        self.shared.view.lock().monitor_running = false;
+        self.shared.set_routing(active, Some(Blocked::Unmonitored));
+    }
+}
+
 impl<M: ManageConnection> Monitor<M> {
     fn run(mut self, commands: Receiver<Command>, replies: Receiver<Reply>) {
-        let mut actions = Vec::new();
+        let mut watchdog = Watchdog {
+            shared: self.shared.clone(),
+            clean: false,
+        };
+        let mut panics_in_a_row = 0;
         loop {
-            let now = Instant::now();
-            self.shared.clock.advance(now);
-            self.policy.on_timer(now, &mut actions);
-            self.apply(&mut actions, now);
-            if now >= self.next_upkeep {
-                self.upkeep(now);
-                self.next_upkeep = now + self.shared.config.heartbeat_interval;
-            }
-            let wake = self.policy.next_deadline(now).min(self.next_upkeep);
-            let wait = wake.saturating_duration_since(Instant::now());
-            select! {
-                recv(commands) -> cmd => match cmd {
-                    Ok(Command::ProbeNow(side)) => self.policy.on_probe_requested(side, Instant::now()),
-                    Ok(Command::Switch(to, reply)) => {
-                        let now = Instant::now();
-                        let result = self.policy.manual_switch(to, now, &mut actions);
-                        self.apply(&mut actions, now);
-                        let _ = reply.send(result);
+            match catch(|| self.step(&commands, &replies)) {
+                Ok(Step::Continue) => panics_in_a_row = 0,
+                Ok(Step::Stop) => break,
+                Err(msg) => {
+                    panics_in_a_row += 1;
+                    self.actions.clear();
+                    log::error!("the mirrorpool monitor caught a panic and carries on: {msg}");
+                    self.shared.view.lock().monitor_panics += 1;
+                    if panics_in_a_row >= MAX_PANICS_IN_A_ROW {
+                        log::error!(
+                            "the mirrorpool monitor panicked {panics_in_a_row} times in a row; giving up"
+                        );
+                        return; // the watchdog blocks writers
                     }
-                    Ok(Command::Shutdown) | Err(_) => break,
-                },
-                recv(replies) -> reply => {
-                    if let Ok(reply) = reply {
-                        self.on_reply(reply, &mut actions);
-                    }
+                    // No hot loop on a panic that repeats.
+                    thread::sleep(self.shared.config.failover.suspect_interval);
                 }
-                default(wait) => {}
             }
         }
+        watchdog.clean = true;
         self.shutdown();
     }
 
-    fn on_reply(&mut self, reply: Reply, actions: &mut Vec<Action>) {
+    /// One turn: tick the policy, do upkeep, then wait for a command, a reply or the next
+    /// deadline.
+    fn step(&mut self, commands: &Receiver<Command>, replies: &Receiver<Reply>) -> Step {
+        let now = Instant::now();
+        self.shared.clock.advance(now);
+        for side in Side::BOTH {
+            let returned = self.shared.sides[side].returned();
+            if returned != self.returned[side] {
+                self.returned[side] = returned;
+                self.policy.on_progress(side, now, &mut self.actions);
+            }
+        }
+        self.policy.on_timer(now, &mut self.actions);
+        self.apply(now);
+        if now >= self.next_upkeep {
+            self.upkeep(now);
+            self.next_upkeep = after(now, self.shared.config.failover.heartbeat_interval);
+        }
+        let wake = self.policy.next_deadline(now).min(self.next_upkeep);
+        let wait = wake.saturating_duration_since(Instant::now());
+        select! {
+            recv(commands) -> cmd => match cmd {
+                Ok(Command::ProbeNow(side)) => self.policy.on_probe_requested(side, Instant::now()),
+                Ok(Command::Switch(to, reply)) => {
+                    let now = Instant::now();
+                    let result = self.policy.manual_switch(to, now, &mut self.actions);
+                    self.apply(now);
+                    let _ = reply.send(result);
+                }
+                Ok(Command::Shutdown) | Err(_) => return Step::Stop,
+            },
+            recv(replies) -> reply => {
+                if let Ok(reply) = reply {
+                    self.on_reply(reply);
+                }
+            }
+            default(wait) => {}
+        }
+        Step::Continue
+    }
+
+    fn on_reply(&mut self, reply: Reply) {
         let now = Instant::now();
         match reply {
             Reply::Probe {
                 side,
                 seq,
                 result,
+                saturated,
+                not_run,
                 rtt,
             } => {
                 if seq != self.probers[side].current() {
                     // From an abandoned probe: an answer, however late, shows the side lives.
                     if result.is_ok() {
                         log::debug!("late heartbeat answer from the {side} after {rtt:?}");
-                        self.policy.on_late_answer(side, now, actions);
-                        self.apply(actions, now);
+                        self.policy.on_late_answer(side, now, &mut self.actions);
                     }
-                    return;
-                }
-                let outcome = {
-                    let mut view = self.shared.view.lock();
-                    let s = view.side_mut(side);
-                    s.last_heartbeat = Some(now);
-                    match result {
-                        Ok(obs) => {
-                            log::trace!("heartbeat {side}: up ({:?}) in {rtt:?}", obs.role());
-                            s.last_rtt = Some(rtt);
-                            s.observe(&obs);
-                            ProbeOutcome::Up(obs)
-                        }
-                        Err(cause) => {
-                            log::trace!("heartbeat {side}: failed: {}", cause.chain());
-                            s.last_error = Some(cause);
-                            ProbeOutcome::Failed
-                        }
-                    }
-                };
-                self.policy.on_probe_result(side, outcome, now, actions);
-            }
-            Reply::Promote { side, seq, result } => {
-                if seq != self.probers[side].current() {
-                    return;
-                }
-                let started = self.promote_started[side].take().unwrap_or(now);
-                let duration = now.saturating_duration_since(started);
-                let ok = result.is_ok();
-                match &result {
-                    Ok(()) => log::warn!("promoted the {side} to primary in {duration:?}"),
-                    Err(e) => log::error!(
-                        "promoting the {side} failed after {duration:?}: {}",
-                        e.chain()
-                    ),
-                }
-                self.shared.events.handle_promotion(PromotionEvent {
-                    side,
-                    duration,
-                    error: result.err(),
-                });
-                self.policy.on_promotion_result(side, ok, now, actions);
-            }
-        }
-        self.apply(actions, now);
-    }
-
-    fn apply(&mut self, actions: &mut Vec<Action>, now: Instant) {
-        for action in actions.drain(..) {
-            match action {
-                Action::Probe(side) => self.probers[side].probe(),
-                Action::Abandon(side) => {
-                    log::debug!("abandoning a hung heartbeat or promotion on the {side}");
-                    self.probers[side].abandon();
-                    if self.promote_started[side].is_none() {
-                        self.timed_out[side] = true;
-                        let timeout = self.shared.config.heartbeat_timeout;
+                } else {
+                    let outcome = {
                         let mut view = self.shared.view.lock();
                         let s = view.side_mut(side);
-                        s.last_error = Some(Cause::new(format!(
-                            "no heartbeat answer within {timeout:?}"
-                        )));
-                    }
-                    if let Some(started) = self.promote_started[side].take() {
-                        let duration = now.saturating_duration_since(started);
-                        log::error!("promoting the {side} timed out after {duration:?}");
+                        s.last_heartbeat = Some(now);
+                        match result {
+                            Ok(obs) => {
+                                log::trace!("heartbeat {side}: up ({}) in {rtt:?}", obs.role());
+                                s.last_rtt = Some(rtt);
+                                s.observe(&obs);
+                                if saturated {
+                                    ProbeOutcome::Saturated(Some(obs))
+                                } else {
+                                    ProbeOutcome::Up(obs)
+                                }
+                            }
+                            Err(cause) if saturated => {
+                                log::trace!("heartbeat {side}: saturated: {}", cause.chain());
+                                s.last_error = Some(cause);
+                                ProbeOutcome::Saturated(None)
+                            }
+                            Err(cause) => {
+                                log::trace!("heartbeat {side}: failed: {}", cause.chain());
+                                s.last_error = Some(cause);
+                                if not_run {
+                                    ProbeOutcome::NotRun
+                                } else {
+                                    ProbeOutcome::Failed
+                                }
+                            }
+                        }
+                    };
+                    self.policy
+                        .on_probe_result(side, outcome, now, &mut self.actions);
+                }
+            }
+            Reply::Promote { side, seq, result } => {
+                if seq == self.probers[side].current() {
+                    let ok = result.is_ok();
+                    let took = self
+                        .policy
+                        .on_promotion_result(side, ok, now, &mut self.actions);
+                    if let Some(duration) = took {
+                        match &result {
+                            Ok(()) => log::warn!("promoted the {side} to primary in {duration:?}"),
+                            Err(e) => log::error!(
+                                "promoting the {side} failed after {duration:?}: {}",
+                                e.chain()
+                            ),
+                        }
                         self.shared.events.handle_promotion(PromotionEvent {
                             side,
                             duration,
-                            error: Some(Cause::new("promotion timed out")),
+                            error: result.err(),
                         });
                     }
                 }
-                Action::Sever(side) => {
-                    // Callers blocked on the abandoned side would otherwise wait for it
-                    // (planned switches let statements in flight finish: no sever).
-                    let n = self.shared.backend.sever(&self.shared.sides[side].manager);
-                    if n > 0 {
-                        log::warn!("severed {n} connections to the {side}");
-                    }
-                }
-                Action::Promote(side) => {
-                    log::warn!("promoting the {side} to primary");
-                    self.promote_started[side] = Some(now);
-                    self.probers[side].promote();
-                }
-                Action::Health {
+            }
+        }
+        self.apply(now);
+    }
+
+    /// Carries out the policy's actions, in order.
+    fn apply(&mut self, now: Instant) {
+        let actions = std::mem::take(&mut self.actions);
+        for action in actions {
+            self.carry_out(action, now);
+        }
+    }
+
+    fn carry_out(&mut self, action: Action, now: Instant) {
+        let shared = &self.shared;
+        match action {
+            Action::Probe(side) => self.probers[side].probe(),
+            Action::AbandonProbe(side) => {
+                log::debug!("abandoning a heartbeat of the {side} that got no answer in time");
+                self.probers[side].abandon();
+                let timeout = shared.config.failover.heartbeat_timeout;
+                shared.view.lock().side_mut(side).last_error = Some(Cause::new(format!(
+                    "no heartbeat answer within {timeout:?}"
+                )));
+            }
+            Action::AbandonPromotion { side, after } => {
+                self.probers[side].abandon();
+                log::error!("promoting the {side} timed out after {after:?}");
+                shared.events.handle_promotion(PromotionEvent {
                     side,
-                    health,
-                    failures,
-                    failing_for,
-                    was_down,
-                } => self.on_health(side, health, failures, failing_for, was_down),
-                Action::Switch {
+                    duration: after,
+                    error: Some(Cause::new("promotion timed out")),
+                });
+            }
+            Action::Promote(side) => {
+                log::warn!("promoting the {side} to primary");
+                self.probers[side].promote();
+            }
+            Action::Sever(side) => {
+                // Callers blocked on the abandoned side would otherwise wait for it.
+                match catch(|| shared.backend.sever(&shared.sides[side].manager)) {
+                    Ok(0) => {}
+                    Ok(n) => log::warn!("severed {n} connections to the {side}"),
+                    Err(msg) => log::error!("the backend panicked severing the {side}: {msg}"),
+                }
+            }
+            Action::Drain(side) => self.start_drain(side, now),
+            Action::Health {
+                side,
+                health,
+                failures,
+                failing_for,
+                was_down,
+                timed_out,
+            } => self.on_health(side, health, failures, failing_for, was_down, timed_out),
+            Action::Switch {
+                from,
+                to,
+                reason,
+                failing_for,
+            } => {
+                log::warn!(
+                    "switching writers from the {from} to the {to}: {reason}{}",
+                    failing_for
+                        .map(|d| format!(" (failing for {d:?})"))
+                        .unwrap_or_default()
+                );
+                {
+                    let mut view = shared.view.lock();
+                    view.switches += 1;
+                    view.last_switch = Some(SwitchRecord {
+                        from,
+                        to,
+                        reason,
+                        at: now,
+                    });
+                }
+                shared.events.handle_switch(SwitchEvent {
                     from,
                     to,
                     reason,
                     failing_for,
-                } => self.on_switch(from, to, reason, failing_for, now),
-                Action::Route { active, blocked } => {
-                    match &blocked {
-                        Some(b) => log::warn!("writers wait: {b}"),
-                        None => log::info!("serving writers from the {active}"),
-                    }
-                    self.shared.set_routing(active, blocked);
+                });
+            }
+            Action::Route { active, blocked } => {
+                match &blocked {
+                    Some(b) => log::warn!("writers wait: {b}"),
+                    None => log::info!("serving writers from the {active}"),
                 }
-                Action::Refused { to, reason } => {
-                    if self.policy.active() == to {
-                        // Writers already wait on `to`; what was refused is promoting it.
-                        log::warn!("not promoting the {to}: {reason}");
-                    } else {
-                        log::warn!("not switching to the {to}: {reason}");
-                    }
-                    self.shared
-                        .events
-                        .handle_switch_refused(SwitchRefusedEvent { to, reason });
+                shared.set_routing(active, blocked);
+            }
+            Action::Refused {
+                to,
+                reason,
+                promotion,
+            } => {
+                if promotion {
+                    log::warn!("not promoting the {to}: {reason}");
+                } else {
+                    log::warn!("not switching to the {to}: {reason}");
                 }
-                Action::SplitBrain { writer, fenced } => {
-                    log::error!(
-                        "split brain: both sides are writable primaries; serving writers from the {writer}, fencing the {fenced}"
+                shared
+                    .events
+                    .handle_switch_refused(SwitchRefusedEvent { to, reason });
+            }
+            Action::Misconfigured { side, problem } => {
+                log::error!("configuration problem found on the {side}: {problem}");
+                shared
+                    .view
+                    .lock()
+                    .side_mut(side)
+                    .problems
+                    .push(problem.clone());
+                shared
+                    .events
+                    .handle_misconfiguration(MisconfigurationEvent { side, problem });
+            }
+            Action::SplitBrain { writer, fenced } => {
+                log::error!(
+                    "split brain: both sides are writable primaries; serving writers from the {writer}, fencing the {fenced}"
+                );
+                shared
+                    .events
+                    .handle_split_brain(SplitBrainEvent { writer, fenced });
+            }
+            Action::Saturation { side, saturated } => {
+                if saturated {
+                    log::warn!(
+                        "the {side} refuses new connections but answers on open ones: saturated, not down; writers stay"
                     );
-                    self.shared
-                        .events
-                        .handle_split_brain(SplitBrainEvent { writer, fenced });
+                } else {
+                    log::info!("the {side} accepts connections again");
                 }
+                shared.view.lock().side_mut(side).saturated = saturated;
+                shared
+                    .events
+                    .handle_saturation(SaturationEvent { side, saturated });
+            }
+            Action::Fencing {
+                fenced,
+                split_brain,
+            } => {
+                let mut view = shared.view.lock();
+                view.fenced = fenced;
+                view.split_brain = split_brain;
             }
         }
-        let mut view = self.shared.view.lock();
-        view.split_brain = self.policy.split_brain();
-        view.fenced = self.policy.fenced();
     }
 
     fn on_health(
@@ -274,6 +410,7 @@ impl<M: ManageConnection> Monitor<M> {
         failures: u32,
         failing_for: Option<Duration>,
         was_down: bool,
+        timed_out: bool,
     ) {
         let cause = {
             let mut view = self.shared.view.lock();
@@ -285,6 +422,10 @@ impl<M: ManageConnection> Monitor<M> {
             }
             s.last_error.clone()
         };
+        let suffix = cause
+            .as_ref()
+            .map(|c| format!(": {}", c.chain()))
+            .unwrap_or_default();
         match health {
             Health::Up => {
                 log::info!("the {side} is up");
@@ -294,14 +435,7 @@ impl<M: ManageConnection> Monitor<M> {
                     .handle_side_up(SideUpEvent { side, was_down });
             }
             Health::Suspect | Health::Down => {
-                let timed_out = std::mem::take(&mut self.timed_out[side]);
-                log::debug!(
-                    "heartbeat {side} failed ({failures} in a row){}",
-                    cause
-                        .as_ref()
-                        .map(|c| format!(": {}", c.chain()))
-                        .unwrap_or_default()
-                );
+                log::debug!("heartbeat {side} failed ({failures} in a row){suffix}");
                 self.shared
                     .events
                     .handle_heartbeat_failure(HeartbeatFailureEvent {
@@ -310,13 +444,7 @@ impl<M: ManageConnection> Monitor<M> {
                         error: if timed_out { None } else { cause.clone() },
                     });
                 if health == Health::Down && !was_down {
-                    log::warn!(
-                        "the {side} is down after {failures} failed heartbeats{}",
-                        cause
-                            .as_ref()
-                            .map(|c| format!(": {}", c.chain()))
-                            .unwrap_or_default()
-                    );
+                    log::warn!("the {side} is down after {failures} failed heartbeats{suffix}");
                     self.shared.events.handle_side_down(SideDownEvent {
                         side,
                         failures,
@@ -329,49 +457,12 @@ impl<M: ManageConnection> Monitor<M> {
         }
     }
 
-    /// Moves writers, releases callers stuck on a failed side, reports, then drains.
-    fn on_switch(
-        &mut self,
-        from: Side,
-        to: Side,
-        reason: SwitchReason,
-        failing_for: Option<Duration>,
-        now: Instant,
-    ) {
-        log::warn!(
-            "switching writers from the {from} to the {to}: {reason}{}",
-            failing_for
-                .map(|d| format!(" (failing for {d:?})"))
-                .unwrap_or_default()
-        );
-        self.shared.set_routing(to, self.policy.blocked().cloned());
-        {
-            let mut view = self.shared.view.lock();
-            view.switches = self.policy.switches();
-            view.last_switch = Some(SwitchRecord {
-                from,
-                to,
-                reason,
-                at: now,
-            });
-        }
-        self.shared.events.handle_switch(SwitchEvent {
-            from,
-            to,
-            reason,
-            failing_for,
-        });
-        // A replica that writers only waited on took no writes: its connections stay warm.
-        if reason != SwitchReason::Recovered {
-            self.start_drain(from, now);
-        }
-    }
-
     fn start_drain(&mut self, side: Side, now: Instant) {
-        let idle = self.shared.sides[side].drain();
+        let sub = &self.shared.sides[side];
+        let idle = sub.drain();
         // Idle ones close now, checked-out ones when returned.
-        let closed = idle.len() as u64 + u64::from(self.shared.sides[side].counts().stale_out);
-        close_in_background(idle);
+        let closed = idle.len() as u64 + u64::from(sub.counts().stale_out);
+        sub.close_later(idle);
         self.drains[side] = Some(Drain {
             started: now,
             closed,
@@ -384,8 +475,7 @@ impl<M: ManageConnection> Monitor<M> {
             let Some(drain) = &self.drains[side] else {
                 continue;
             };
-            let counts = self.shared.sides[side].counts();
-            if counts.stale_out == 0 {
+            if self.shared.sides[side].counts().stale_out == 0 {
                 let event = DrainEvent {
                     side,
                     closed: drain.closed,
@@ -401,21 +491,20 @@ impl<M: ManageConnection> Monitor<M> {
         }
     }
 
-    /// Idle timeout, lifetime, `min_idle`, and drain completion. A side is only topped up
-    /// while it answers heartbeats, so a dead side is not hammered with connects.
+    /// Idle timeout, lifetime, `min_idle`, and drain completion.
     fn upkeep(&mut self, now: Instant) {
         for side in Side::BOTH {
-            let healthy = matches!(self.policy.side(side).health, Health::Up | Health::Unknown)
-                && self.policy.fenced() != Some(side);
-            let closed = self.shared.sides[side].maintain(healthy);
-            close_in_background(closed);
+            let sub = &self.shared.sides[side];
+            let closed = sub.maintain(self.policy.may_connect(side));
+            sub.close_later(closed);
         }
         self.finish_drains(now);
     }
 
     fn shutdown(self) {
         for side in Side::BOTH {
-            close_in_background(self.shared.sides[side].close());
+            let sub = &self.shared.sides[side];
+            sub.close_later(sub.close());
         }
         // Dropping the probers ends their threads once any call in flight returns.
         drop(self.probers);

@@ -21,14 +21,25 @@
 //!    primary too; without it, wait for the cluster to promote it. If the old side returns
 //!    writable before that, writers go back to it (rule 4, reason `Recovered`).
 //! 7. Otherwise block writers and say why.
+//!
+//! Unknown is never the convenient answer: with a role-aware backend a side whose role no
+//! heartbeat reported takes no writes; an upstream link the role could not see never
+//! confirms a lost primary; a lag the backend did not report refuses a gated switch; two sides
+//! that turn out to be one server are never switched between.
+//!
+//! Calling protocol (as quinn-proto's `Connection`): feed inputs (`on_*`, `manual_switch`),
+//! each with the current instant and an output buffer; carry out every [`Action`] in order;
+//! call [`Policy::on_timer`] no later than [`Policy::next_deadline`]. The runtime reads nothing
+//! else back except [`Policy::may_connect`], which it asks before topping a side up.
 
 use std::time::{Duration, Instant};
 
-use crate::config::{Config, Failback};
+use crate::clock::after;
+use crate::config::{Failback, FailoverConfig};
 use crate::error::{Blocked, Refusal};
 use crate::event::SwitchReason;
 use crate::health::Health;
-use crate::observation::{Lag, Observation, Role, Upstream};
+use crate::observation::{Access, Lag, Observation, Role, Upstream};
 use crate::side::{PerSide, Side};
 
 /// What the monitor must do.
@@ -36,23 +47,30 @@ use crate::side::{PerSide, Side};
 pub(crate) enum Action {
     /// Start a heartbeat on this side.
     Probe(Side),
-    /// The heartbeat or promotion in flight took too long: give up on it and its connection.
-    Abandon(Side),
+    /// The heartbeat in flight took longer than `heartbeat_timeout`: stop waiting for it (a
+    /// late answer still counts, see [`Policy::on_late_answer`]).
+    AbandonProbe(Side),
+    /// The promotion in flight took longer than `promotion_timeout`: stop waiting for it.
+    AbandonPromotion { side: Side, after: Duration },
     /// Promote this side to a writable primary.
     Promote(Side),
     /// Cut the connections to this side, also those in use: writers left it for a side that
     /// takes writes (or is being promoted), so callers stuck on it must be released now.
     /// Not done when writers merely wait on a replica: the old side may still come back.
     Sever(Side),
-    /// The side's health changed.
+    /// Close this side's idle connections now and its checked-out ones when returned.
+    Drain(Side),
+    /// The side's health changed, or another heartbeat failed.
     Health {
         side: Side,
         health: Health,
         failures: u32,
         failing_for: Option<Duration>,
         was_down: bool,
+        /// The failure was a heartbeat that got no answer in time (not an error).
+        timed_out: bool,
     },
-    /// Writers move from `from` to `to`; `from` must be drained.
+    /// Writers move from `from` to `to` (a `Route` follows in the same batch).
     Switch {
         from: Side,
         to: Side,
@@ -65,17 +83,37 @@ pub(crate) enum Action {
         active: Side,
         blocked: Option<Blocked>,
     },
-    /// A switch was refused (reported once per reason).
-    Refused { to: Side, reason: Refusal },
+    /// A switch (or, with `promotion`, the promotion of the side writers wait on) was refused
+    /// (reported once per reason).
+    Refused {
+        to: Side,
+        reason: Refusal,
+        promotion: bool,
+    },
+    /// A configuration problem that will refuse failovers, found on `side`'s heartbeat
+    /// (reported once each): a missing privilege, or both sides being one server.
+    Misconfigured { side: Side, problem: Refusal },
     /// Both sides are writable; `fenced` gets no more writes.
     SplitBrain { writer: Side, fenced: Side },
+    /// The side became saturated (refuses new connections but answers) or stopped being so.
+    Saturation { side: Side, saturated: bool },
+    /// The fenced side or the split-brain state changed (for `status()`).
+    Fencing {
+        fenced: Option<Side>,
+        split_brain: bool,
+    },
 }
 
 /// The outcome of one heartbeat.
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) enum ProbeOutcome {
     Up(Observation),
+    /// The side refuses new connections but answers (on a borrowed pool connection, giving
+    /// this observation, or with a "too many connections" error): full, not down.
+    Saturated(Option<Observation>),
     Failed,
+    /// The heartbeat could not be run (no thread for it): counts like a timeout.
+    NotRun,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -92,10 +130,18 @@ pub(crate) struct SideState {
     up_since: Option<Instant>,
     pub observation: Option<Observation>,
     observed_at: Option<Instant>,
+    /// The last position this side reported while it was a writable primary: what a replica
+    /// must have replayed for a switch to lose nothing.
+    last_written: Option<u64>,
     op: Option<Op>,
     last_done: Option<Instant>,
     last_started: Option<Instant>,
     requested: Option<Instant>,
+    saturated: bool,
+    /// Every failure in the current run of failures was a timeout (no error answer).
+    timeouts_only: bool,
+    /// When callers were last seen returning connections of this side unbroken.
+    progress: Option<Instant>,
 }
 
 impl SideState {
@@ -107,14 +153,18 @@ impl SideState {
             up_since: None,
             observation: None,
             observed_at: None,
+            last_written: None,
             op: None,
             last_done: None,
             last_started: None,
             requested: None,
+            saturated: false,
+            timeouts_only: true,
+            progress: None,
         }
     }
 
-    fn role(&self) -> Role {
+    pub(crate) fn role(&self) -> Role {
         self.observation.map(|o| o.role()).unwrap_or_default()
     }
 }
@@ -124,12 +174,13 @@ enum Verification {
     Stale,
     Streaming,
     CannotVerify,
+    Denied(&'static str),
 }
 
 /// The failover state machine. See the module docs for its rules.
 #[derive(Clone, Debug)]
 pub(crate) struct Policy {
-    cfg: Config,
+    cfg: FailoverConfig,
     started: Instant,
     sides: PerSide<SideState>,
     active: Side,
@@ -139,15 +190,20 @@ pub(crate) struct Policy {
     left_down: Option<Side>,
     failed_over: bool,
     fenced: Option<Side>,
-    split_brain: bool,
+    pub(crate) split_brain: bool,
     last_refusal: Option<(Side, Refusal)>,
     promoting: Option<Side>,
     last_promote: Option<Instant>,
-    switches: u64,
+    /// Configuration problems already reported (each once).
+    reported: Vec<(Side, Refusal)>,
+    /// Both sides reported the same server instance.
+    same_server: bool,
+    /// The routing the runtime was last told (`Action::Route`).
+    published: (Side, Option<Blocked>),
 }
 
 impl Policy {
-    pub(crate) fn new(cfg: Config, now: Instant) -> Policy {
+    pub(crate) fn new(cfg: FailoverConfig, now: Instant) -> Policy {
         Policy {
             cfg,
             started: now,
@@ -162,53 +218,39 @@ impl Policy {
             last_refusal: None,
             promoting: None,
             last_promote: None,
-            switches: 0,
+            reported: Vec::new(),
+            same_server: false,
+            published: (Side::Primary, None),
         }
     }
 
-    // ----- read-only views -----
+    // ----- read-only views (tests, and `may_connect` for the runtime) -----
 
+    #[cfg(test)]
     pub(crate) fn active(&self) -> Side {
         self.active
     }
 
+    #[cfg(test)]
     pub(crate) fn blocked(&self) -> Option<&Blocked> {
         self.blocked.as_ref()
     }
 
+    #[cfg(test)]
     pub(crate) fn side(&self, side: Side) -> &SideState {
         &self.sides[side]
     }
 
+    #[cfg(test)]
     pub(crate) fn fenced(&self) -> Option<Side> {
         self.fenced
     }
 
-    pub(crate) fn split_brain(&self) -> bool {
-        self.split_brain
-    }
-
-    pub(crate) fn switches(&self) -> u64 {
-        self.switches
-    }
-
-    /// The side's last known replication lag if it exceeds `limit`, from what it reported as a
-    /// replica and what its peer reported about it as a primary. Used by the lag gate.
-    fn lag_over(&self, side: Side, limit: Lag) -> Option<Lag> {
-        [side, side.other()]
-            .iter()
-            .filter_map(|s| self.sides[*s].observation)
-            .filter_map(|o| {
-                let r = o.replication()?;
-                match limit {
-                    Lag::Bytes(max) => r.lag_bytes.filter(|b| *b > max).map(Lag::Bytes),
-                    Lag::Time(max) => r.lag_time.filter(|t| *t > max).map(Lag::Time),
-                    Lag::Transactions(max) => {
-                        r.lag_transactions.filter(|n| *n > max).map(Lag::Transactions)
-                    }
-                }
-            })
-            .max()
+    /// Whether the runtime may open pool connections to `side` now (upkeep tops up
+    /// `min_idle`): only while it answers heartbeats (or none finished yet) and is not fenced,
+    /// so a dead side is not hammered with connects.
+    pub(crate) fn may_connect(&self, side: Side) -> bool {
+        matches!(self.sides[side].health, Health::Up | Health::Unknown) && self.fenced != Some(side)
     }
 
     // ----- inputs -----
@@ -217,12 +259,28 @@ impl Policy {
     pub(crate) fn on_timer(&mut self, now: Instant, out: &mut Vec<Action>) {
         for side in Side::BOTH {
             match self.sides[side].op {
-                Some(Op::Probe { started }) if now >= started + self.cfg.heartbeat_timeout => {
-                    out.push(Action::Abandon(side));
-                    self.record_failure(side, started, now, out);
+                Some(Op::Probe { started })
+                    if now >= after(started, self.cfg.heartbeat_timeout) =>
+                {
+                    out.push(Action::AbandonProbe(side));
+                    if self.sides[side].progress.is_some_and(|p| p >= started) {
+                        // Callers were served by this side while its heartbeat waited: it is
+                        // slow (a CPU-starved host), not dead. A hung or cut-off server
+                        // serves nobody, so this never hides one.
+                        let st = &mut self.sides[side];
+                        st.op = None;
+                        st.last_done = Some(now);
+                    } else {
+                        self.record_failure(side, started, now, true, out);
+                    }
                 }
-                Some(Op::Promote { started }) if now >= started + self.cfg.promotion_timeout => {
-                    out.push(Action::Abandon(side));
+                Some(Op::Promote { started })
+                    if now >= after(started, self.cfg.promotion_timeout) =>
+                {
+                    out.push(Action::AbandonPromotion {
+                        side,
+                        after: now.saturating_duration_since(started),
+                    });
                     self.sides[side].op = None;
                     self.sides[side].requested = Some(now);
                 }
@@ -252,15 +310,32 @@ impl Policy {
         let Some(Op::Probe { started }) = self.sides[side].op else {
             return;
         };
+        let saturated = matches!(outcome, ProbeOutcome::Saturated(_));
         match outcome {
-            ProbeOutcome::Up(obs) => self.record_up(side, obs, now, out),
-            ProbeOutcome::Failed => self.record_failure(side, started, now, out),
+            ProbeOutcome::Up(obs) | ProbeOutcome::Saturated(Some(obs)) => {
+                self.record_up(side, obs, now, out)
+            }
+            // Alive, but nothing new is known about it: its last observation stands.
+            ProbeOutcome::Saturated(None) => {
+                let st = &mut self.sides[side];
+                st.op = None;
+                st.last_done = Some(now);
+                self.mark_up(side, now, out);
+            }
+            ProbeOutcome::Failed => self.record_failure(side, started, now, false, out),
+            ProbeOutcome::NotRun => self.record_failure(side, started, now, true, out),
+        }
+        if self.sides[side].saturated != saturated {
+            self.sides[side].saturated = saturated;
+            out.push(Action::Saturation { side, saturated });
         }
         self.decide(now, out);
     }
 
     /// An abandoned heartbeat answered after all: the side is slow, not dead. Its failures
     /// are forgiven, so an overloaded server is not failed over from; a hung one never answers.
+    /// The answer's content is not used: it may be older than what is known now, and with a
+    /// role-aware backend the side takes no writes until a heartbeat reports its role.
     pub(crate) fn on_late_answer(&mut self, side: Side, now: Instant, out: &mut Vec<Action>) {
         let st = &mut self.sides[side];
         if st.health != Health::Suspect {
@@ -274,6 +349,19 @@ impl Policy {
         self.decide(now, out);
     }
 
+    /// Callers returned connections of `side` unbroken since the last input: the side answers
+    /// them. A heartbeat that times out meanwhile is not counted as a failure, and a side that
+    /// only timed out is up again.
+    pub(crate) fn on_progress(&mut self, side: Side, now: Instant, out: &mut Vec<Action>) {
+        let st = &mut self.sides[side];
+        st.progress = Some(now);
+        // Only timeouts are forgiven: a heartbeat that got an error saw something wrong.
+        if st.health == Health::Suspect && st.timeouts_only {
+            self.mark_up(side, now, out);
+            self.decide(now, out);
+        }
+    }
+
     /// A caller failed to connect to or validate on `side`: probe it soon.
     pub(crate) fn on_probe_requested(&mut self, side: Side, now: Instant) {
         let st = &mut self.sides[side];
@@ -282,16 +370,17 @@ impl Policy {
 
     /// A promotion finished (successfully or not). Either way the side is probed next, which
     /// shows whether it now takes writes (another pool may have promoted it meanwhile).
+    /// Returns how long the promotion took, or `None` for a result of an abandoned one.
     pub(crate) fn on_promotion_result(
         &mut self,
         side: Side,
         ok: bool,
         now: Instant,
         out: &mut Vec<Action>,
-    ) {
-        if !matches!(self.sides[side].op, Some(Op::Promote { .. })) {
-            return;
-        }
+    ) -> Option<Duration> {
+        let Some(Op::Promote { started }) = self.sides[side].op else {
+            return None;
+        };
         let st = &mut self.sides[side];
         st.op = None;
         st.requested = Some(now);
@@ -300,10 +389,12 @@ impl Policy {
             self.last_promote = Some(now);
         }
         self.decide(now, out);
+        Some(now.saturating_duration_since(started))
     }
 
     /// `switch_over(to)`: a planned switch. Ignores `min_switch_interval` (an operator asked)
-    /// but never moves writers to a side that is down, fenced or read-only.
+    /// but never moves writers to a side that is down, fenced, read-only, of unknown role
+    /// (role-aware backends), or the same server as the active side.
     pub(crate) fn manual_switch(
         &mut self,
         to: Side,
@@ -318,8 +409,13 @@ impl Policy {
             if self.fenced == Some(to) {
                 return Err(Refusal::TargetFenced);
             }
-            if st.role() == Role::ReadOnly {
-                return Err(Refusal::TargetReadOnly);
+            if self.same_server {
+                return Err(Refusal::SameServer);
+            }
+            match self.known_writable(to) {
+                Some(true) => {}
+                Some(false) => return Err(Refusal::TargetReadOnly),
+                None => return Err(Refusal::TargetRoleUnknown),
             }
             self.switch_to(to, SwitchReason::Manual, now, out);
             self.failed_over = false;
@@ -330,15 +426,15 @@ impl Policy {
 
     /// When the monitor must call [`Policy::on_timer`] next.
     pub(crate) fn next_deadline(&self, now: Instant) -> Instant {
-        let mut next = now + self.cfg.heartbeat_interval;
+        let mut next = after(now, self.cfg.heartbeat_interval);
         for side in Side::BOTH {
             let st = &self.sides[side];
             match st.op {
                 Some(Op::Probe { started }) => {
-                    next = next.min(started + self.cfg.heartbeat_timeout)
+                    next = next.min(after(started, self.cfg.heartbeat_timeout))
                 }
                 Some(Op::Promote { started }) => {
-                    next = next.min(started + self.cfg.promotion_timeout)
+                    next = next.min(after(started, self.cfg.promotion_timeout))
                 }
                 None => {}
             }
@@ -349,15 +445,15 @@ impl Policy {
         // Timers that only matter while in the future.
         let mut later = Vec::new();
         if let Some(last) = self.last_switch {
-            later.push(last + self.cfg.min_switch_interval);
+            later.push(after(last, self.cfg.min_switch_interval));
         }
         if let Some(last) = self.last_promote {
-            later.push(last + self.cfg.heartbeat_interval);
+            later.push(after(last, self.cfg.heartbeat_interval));
         }
-        if let (Failback::Automatic { after }, Some(up)) =
+        if let (Failback::Automatic { after: wait }, Some(up)) =
             (self.cfg.failback, self.sides[Side::Primary].up_since)
         {
-            later.push(up + after);
+            later.push(after(up, wait));
         }
         for t in later {
             if t > now {
@@ -377,12 +473,12 @@ impl Policy {
         let Some(done) = st.last_done else {
             return Some(self.started);
         };
-        let mut due = done + self.probe_delay(side);
+        let mut due = after(done, self.probe_delay(side));
         if let Some(asked) = st.requested {
             // Caller requests speed probes up, but never beyond one per suspect interval.
             let earliest = st
                 .last_started
-                .map_or(asked, |s| (s + self.cfg.suspect_interval).max(asked));
+                .map_or(asked, |s| after(s, self.cfg.suspect_interval).max(asked));
             due = due.min(earliest);
         }
         Some(due)
@@ -412,7 +508,55 @@ impl Policy {
         st.last_done = Some(now);
         st.observation = Some(obs);
         st.observed_at = Some(now);
+        if obs.role() == Role::Writable {
+            if let Some(pos) = obs.replication().and_then(|r| r.position) {
+                st.last_written = Some(pos);
+            }
+        }
         self.mark_up(side, now, out);
+        self.check_configuration(side, out);
+    }
+
+    /// Reports, once each, what a fresh heartbeat shows will refuse failovers later: so an
+    /// operator hears of a missing grant at start-up, not during the outage.
+    fn check_configuration(&mut self, side: Side, out: &mut Vec<Action>) {
+        let Some(obs) = self.sides[side].observation else {
+            return;
+        };
+        let mut problems = Vec::new();
+        let privileges = obs.privileges();
+        if self.cfg.promote_on_failover {
+            if let Access::Denied(what) = privileges.promote {
+                problems.push(Refusal::MissingPrivilege { side, what });
+            }
+            if self.cfg.verify_primary_failure {
+                if let Access::Denied(what) = privileges.replication_status {
+                    problems.push(Refusal::MissingPrivilege { side, what });
+                }
+            }
+        }
+        let identity = |s: Side| {
+            self.sides[s]
+                .observation
+                .and_then(|o| o.identity())
+                .map(|i| i.instance)
+        };
+        if let (Some(a), Some(b)) = (identity(side), identity(side.other())) {
+            self.same_server = a == b;
+            if self.same_server {
+                problems.push(Refusal::SameServer);
+            }
+        }
+        for problem in problems {
+            let key = (side, problem);
+            if !self.reported.contains(&key) {
+                out.push(Action::Misconfigured {
+                    side,
+                    problem: key.1.clone(),
+                });
+                self.reported.push(key);
+            }
+        }
     }
 
     fn mark_up(&mut self, side: Side, now: Instant, out: &mut Vec<Action>) {
@@ -429,6 +573,7 @@ impl Policy {
                 failures: 0,
                 failing_for: None,
                 was_down,
+                timed_out: false,
             });
         }
     }
@@ -438,12 +583,14 @@ impl Policy {
         side: Side,
         started: Instant,
         now: Instant,
+        timed_out: bool,
         out: &mut Vec<Action>,
     ) {
         let threshold = self.cfg.failure_threshold;
         let st = &mut self.sides[side];
         st.op = None;
         st.last_done = Some(now);
+        st.timeouts_only = timed_out && (st.failures == 0 || st.timeouts_only);
         st.failures = st.failures.saturating_add(1);
         let since = *st.failing_since.get_or_insert(started);
         st.up_since = None;
@@ -459,6 +606,7 @@ impl Policy {
             failures: st.failures,
             failing_for: Some(now.saturating_duration_since(since)),
             was_down: st.health == Health::Down,
+            timed_out,
         });
         st.health = health;
     }
@@ -470,7 +618,6 @@ impl Policy {
             .map(|t| now.saturating_duration_since(t));
         self.active = to;
         self.last_switch = Some(now);
-        self.switches += 1;
         self.left_down = (reason == SwitchReason::Failover).then_some(from);
         self.failed_over = to == Side::Mirror && reason != SwitchReason::Manual;
         out.push(Action::Switch {
@@ -488,24 +635,36 @@ impl Policy {
         if cut {
             out.push(Action::Sever(from));
         }
+        // A replica that writers only waited on took no writes: its connections stay warm.
+        if reason != SwitchReason::Recovered {
+            out.push(Action::Drain(from));
+        }
     }
 
     // ----- the decision -----
 
     /// Re-evaluates where writers go. Called after every input.
     fn decide(&mut self, now: Instant, out: &mut Vec<Action>) {
-        let before = (self.active, self.blocked.clone());
+        let fencing = (self.fenced, self.split_brain);
         self.check_split_brain(now, out);
         let blocked = self.choose(now, out);
         if !matches!(blocked, Some(Blocked::Refused(_))) {
             self.last_refusal = None;
         }
         self.blocked = blocked;
-        if (self.active, self.blocked.clone()) != before {
-            out.push(Action::Route {
-                active: self.active,
-                blocked: self.blocked.clone(),
+        if (self.fenced, self.split_brain) != fencing {
+            out.push(Action::Fencing {
+                fenced: self.fenced,
+                split_brain: self.split_brain,
             });
+        }
+        let routing = (self.active, self.blocked.clone());
+        if routing != self.published {
+            out.push(Action::Route {
+                active: routing.0,
+                blocked: routing.1.clone(),
+            });
+            self.published = routing;
         }
     }
 
@@ -513,11 +672,28 @@ impl Policy {
         self.sides[side].role()
     }
 
+    /// Whether `side`'s role takes writes: `None` when not known. A backend that reports no
+    /// roles (up/down only) counts every side as writable.
+    fn known_writable(&self, side: Side) -> Option<bool> {
+        match self.role(side) {
+            Role::Writable => Some(true),
+            Role::ReadOnly => Some(false),
+            Role::Unknown if !self.cfg.capabilities.roles => Some(true),
+            Role::Unknown => None,
+        }
+    }
+
     fn check_split_brain(&mut self, now: Instant, out: &mut Vec<Action>) {
         let (p, m) = (Side::Primary, Side::Mirror);
         let health = |s: Side| self.sides[s].health;
         let live = |s: Side| matches!(health(s), Health::Up | Health::Suspect);
-        if self.role(p) == Role::Writable && self.role(m) == Role::Writable && live(p) && live(m) {
+        // One server configured twice is writable "on both sides" without any split brain.
+        if !self.same_server
+            && self.role(p) == Role::Writable
+            && self.role(m) == Role::Writable
+            && live(p)
+            && live(m)
+        {
             let epoch = |s: Side| self.sides[s].observation.and_then(|o| o.epoch());
             let writer = match (epoch(p), epoch(m)) {
                 (Some(x), Some(y)) if x != y => {
@@ -565,17 +741,17 @@ impl Policy {
         let st = &self.sides[side];
         st.health != Health::Down
             && self.fenced != Some(side)
-            && match st.role() {
-                Role::ReadOnly => false,
-                Role::Writable => true,
+            && match self.known_writable(side) {
                 // A side being promoted must show it is writable first.
-                Role::Unknown => self.promoting != Some(side),
+                Some(true) => self.promoting != Some(side) || st.role() == Role::Writable,
+                Some(false) | None => false,
             }
     }
 
-    /// Whether writers may move to `side`: it answered its last heartbeat and is not fenced.
+    /// Whether writers may move to `side`: it answered its last heartbeat, is not fenced and
+    /// is not the active side's server under another name.
     fn may_move_to(&self, side: Side) -> bool {
-        self.sides[side].health == Health::Up && self.fenced != Some(side)
+        self.sides[side].health == Health::Up && self.fenced != Some(side) && !self.same_server
     }
 
     fn choose(&mut self, now: Instant, out: &mut Vec<Action>) -> Option<Blocked> {
@@ -607,19 +783,21 @@ impl Policy {
 
         // Writers can't stay on `a`. Move to `b` if it takes writes as it is; or, when `a` is
         // down, also if `b` is a live replica: then new callers wait where the next primary
-        // will be instead of queueing on a server that may never answer.
-        let b_takes_writes = self.role(b) != Role::ReadOnly;
-        if self.may_move_to(b) && (b_takes_writes || a_down) {
+        // will be instead of queueing on a server that may never answer. A side whose role no
+        // heartbeat reported yet is neither.
+        let b_role = self.known_writable(b);
+        let b_takes_writes = b_role == Some(true);
+        if self.may_move_to(b) && b_role.is_some() && (b_takes_writes || a_down) {
             if a_down {
                 if let Some(r) = self.lag_refusal(b) {
-                    return self.refuse(b, r, out);
+                    return self.refuse(b, r, false, out);
                 }
             }
             let fenced_a = self.fenced == Some(a);
             // Holding writers on a read-only replica while a primary is up helps nobody.
             let replica_to_primary = self.role(a) == Role::ReadOnly && b_takes_writes;
             if !fenced_a && !replica_to_primary && !self.interval_passed(now) {
-                return self.refuse(b, Refusal::TooSoon, out);
+                return self.refuse(b, Refusal::TooSoon, false, out);
             }
             let reason = if a_down {
                 SwitchReason::Failover
@@ -639,6 +817,8 @@ impl Policy {
             if b_takes_writes {
                 return None;
             }
+        } else if a_down && self.same_server && self.sides[b].health == Health::Up {
+            return self.refuse(b, Refusal::SameServer, false, out);
         }
         // Writers now wait on a replica (or could not move): promote it, or say why not.
         let a = self.active;
@@ -672,8 +852,19 @@ impl Policy {
         {
             return None;
         }
+        if self.same_server {
+            return self.refuse(cand, Refusal::SameServer, true, out);
+        }
+        if let Access::Denied(what) = st.observation.map(|o| o.privileges().promote)? {
+            return self.refuse(
+                cand,
+                Refusal::MissingPrivilege { side: cand, what },
+                true,
+                out,
+            );
+        }
         if let Some(r) = self.lag_refusal(cand) {
-            return self.refuse(cand, r, out);
+            return self.refuse(cand, r, true, out);
         }
         match self.verify_peer_lost(cand, peer) {
             Verification::Verified => {}
@@ -682,13 +873,19 @@ impl Policy {
                 return Some(Blocked::ConfirmingFailure(cand));
             }
             Verification::Streaming => {
-                return self.refuse(cand, Refusal::PrimaryStillStreaming, out)
+                return self.refuse(cand, Refusal::PrimaryStillStreaming, true, out)
             }
-            Verification::CannotVerify => return self.refuse(cand, Refusal::CannotVerify, out),
+            Verification::CannotVerify => {
+                return self.refuse(cand, Refusal::CannotVerify, true, out)
+            }
+            Verification::Denied(what) => {
+                let r = Refusal::MissingPrivilege { side: cand, what };
+                return self.refuse(cand, r, true, out);
+            }
         }
         if cand != self.active {
             if !self.interval_passed(now) {
-                return self.refuse(cand, Refusal::TooSoon, out);
+                return self.refuse(cand, Refusal::TooSoon, false, out);
             }
             self.switch_to(cand, SwitchReason::Failover, now, out);
         }
@@ -700,7 +897,7 @@ impl Policy {
         self.promoting = Some(cand);
         let retry_ok = self
             .last_promote
-            .is_none_or(|t| now >= t + self.cfg.heartbeat_interval);
+            .is_none_or(|t| now >= after(t, self.cfg.heartbeat_interval));
         if self.sides[cand].op.is_none() && retry_ok {
             self.sides[cand].op = Some(Op::Promote { started: now });
             self.last_promote = Some(now);
@@ -722,16 +919,23 @@ impl Policy {
         if !fresh {
             return Verification::Stale;
         }
-        let upstream = st
-            .observation
-            .and_then(|o| o.replication().and_then(|r| r.upstream));
+        let Some(obs) = st.observation else {
+            return Verification::Stale;
+        };
+        let upstream = obs.replication().and_then(|r| r.upstream);
+        let unseen = || match obs.privileges().replication_status {
+            Access::Denied(what) => Verification::Denied(what),
+            _ => Verification::CannotVerify,
+        };
         match upstream {
-            None => Verification::CannotVerify,
+            None => unseen(),
             Some(u) if u.streaming == Some(false) => Verification::Verified,
-            Some(u) if u.streaming.is_none() => Verification::CannotVerify,
+            // The link looks up (or could not be seen), but the replica has heard nothing
+            // for longer than a live primary may stay quiet: lost.
             Some(u) if u.silence.is_some_and(|s| s > self.silence_bound(&u)) => {
                 Verification::Verified
             }
+            Some(u) if u.streaming.is_none() => unseen(),
             Some(_) => Verification::Streaming,
         }
     }
@@ -745,41 +949,71 @@ impl Policy {
         }
     }
 
+    /// The lag gate for moving writers to (or promoting) `to` while the other side is down.
+    /// Computed from fresh observations of `to`, never from the dead side's last report of
+    /// its replica: for bytes, the dead side's last written position against what `to` has
+    /// replayed now; for time and transactions, `to`'s own lag. Unknown refuses.
     fn lag_refusal(&self, to: Side) -> Option<Refusal> {
         let limit = self.cfg.max_failover_lag?;
         if self.cfg.allow_data_loss {
             return None;
         }
-        self.lag_over(to, limit)
-            .map(|lag| Refusal::LagTooHigh { lag, limit })
+        let repl = self.sides[to]
+            .observation
+            .and_then(|o| o.replication().copied());
+        let lag = match limit {
+            Lag::Bytes(_) => {
+                let written = self.sides[to.other()].last_written;
+                let replayed = repl.and_then(|r| r.position);
+                match (written, replayed) {
+                    (Some(w), Some(r)) => Some(Lag::Bytes(w.saturating_sub(r))),
+                    _ => None,
+                }
+            }
+            Lag::Time(_) => repl.and_then(|r| r.lag_time).map(Lag::Time),
+            Lag::Transactions(_) => repl.and_then(|r| r.lag_transactions).map(Lag::Transactions),
+        };
+        match lag {
+            None => Some(Refusal::LagUnknown { limit }),
+            Some(lag) if lag > limit => Some(Refusal::LagTooHigh { lag, limit }),
+            Some(_) => None,
+        }
     }
 
     fn interval_passed(&self, now: Instant) -> bool {
         self.last_switch
-            .is_none_or(|t| now >= t + self.cfg.min_switch_interval)
+            .is_none_or(|t| now >= after(t, self.cfg.min_switch_interval))
     }
 
     fn failback_due(&self, now: Instant) -> Option<Side> {
-        let Failback::Automatic { after } = self.cfg.failback else {
+        let Failback::Automatic { after: wait } = self.cfg.failback else {
             return None;
         };
         let p = &self.sides[Side::Primary];
         let due = self.active == Side::Mirror
             && self.failed_over
             && p.health == Health::Up
-            && p.role() != Role::ReadOnly
+            && self.known_writable(Side::Primary) == Some(true)
             && self.fenced != Some(Side::Primary)
-            && p.up_since.is_some_and(|t| now >= t + after)
+            && !self.same_server
+            && p.up_since.is_some_and(|t| now >= after(t, wait))
             && self.interval_passed(now);
         due.then_some(Side::Primary)
     }
 
-    fn refuse(&mut self, to: Side, reason: Refusal, out: &mut Vec<Action>) -> Option<Blocked> {
+    fn refuse(
+        &mut self,
+        to: Side,
+        reason: Refusal,
+        promotion: bool,
+        out: &mut Vec<Action>,
+    ) -> Option<Blocked> {
         let key = (to, reason.clone());
         if self.last_refusal.as_ref() != Some(&key) {
             out.push(Action::Refused {
                 to,
                 reason: reason.clone(),
+                promotion,
             });
             self.last_refusal = Some(key);
         }

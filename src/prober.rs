@@ -9,10 +9,14 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use r2d2::ManageConnection;
 
-use crate::backend::Backend;
+use crate::backend::{Backend, BackendError, Fault};
+use crate::clock::millis;
 use crate::error::Cause;
 use crate::observation::Observation;
+use crate::report::catch;
+use crate::shared::Shared;
 use crate::side::Side;
+use crate::subpool::SubPool;
 
 /// At most this many abandoned (hung) prober threads per side; past it, probes fail at once
 /// instead of piling up threads against a server that never answers.
@@ -36,6 +40,13 @@ pub(crate) enum Reply {
         side: Side,
         seq: u64,
         result: Result<Observation, Cause>,
+        /// The heartbeat could not open its connection because the server refuses new ones
+        /// (too many connections), while the side answered: on a pool connection it borrowed
+        /// (then `result` is that answer), or with a server error saying so.
+        saturated: bool,
+        /// The heartbeat was not run at all (its thread could not be had): no answer, like a
+        /// timeout, rather than an error from the server.
+        not_run: bool,
         rtt: Duration,
     },
     Promote {
@@ -45,42 +56,49 @@ pub(crate) enum Reply {
     },
 }
 
-/// One side's current prober thread, replaced when abandoned.
-pub(crate) struct Prober<M: ManageConnection> {
+/// What every prober thread of one side shares.
+struct Setup<M: ManageConnection> {
     side: Side,
     manager: Arc<M>,
     backend: Arc<dyn Backend<M>>,
     timeout: Duration,
     promotion_timeout: Duration,
     replies: Sender<Reply>,
+    epoch: Instant,
+    live_threads: AtomicUsize,
+    /// The side's pool, to borrow a connection from when the heartbeat cannot open its own.
+    pool: Arc<SubPool<M>>,
+    /// The heartbeat connection is recycled after this, like pool connections.
+    max_lifetime: Option<Duration>,
+}
+
+/// One side's current prober thread, replaced when abandoned.
+pub(crate) struct Prober<M: ManageConnection> {
+    setup: Arc<Setup<M>>,
     jobs: Option<Sender<Job>>,
     /// When the current thread started the call it is in, in ms since `epoch` (+1; 0: idle).
     busy_since: Arc<AtomicU64>,
-    epoch: Instant,
-    live_threads: Arc<AtomicUsize>,
     seq: u64,
 }
 
 impl<M: ManageConnection> Prober<M> {
-    pub(crate) fn new(
-        side: Side,
-        manager: Arc<M>,
-        backend: Arc<dyn Backend<M>>,
-        timeout: Duration,
-        promotion_timeout: Duration,
-        replies: Sender<Reply>,
-    ) -> Prober<M> {
+    pub(crate) fn new(side: Side, shared: Arc<Shared<M>>, replies: Sender<Reply>) -> Prober<M> {
+        let f = &shared.config.failover;
         Prober {
-            side,
-            manager,
-            backend,
-            timeout,
-            promotion_timeout,
-            replies,
+            setup: Arc::new(Setup {
+                side,
+                manager: shared.sides[side].manager.clone(),
+                backend: shared.backend.clone(),
+                timeout: f.heartbeat_timeout,
+                promotion_timeout: f.promotion_timeout,
+                replies,
+                epoch: Instant::now(),
+                live_threads: AtomicUsize::new(0),
+                pool: shared.sides[side].clone(),
+                max_lifetime: shared.config.max_lifetime,
+            }),
             jobs: None,
             busy_since: Arc::new(AtomicU64::new(0)),
-            epoch: Instant::now(),
-            live_threads: Arc::new(AtomicUsize::new(0)),
             seq: 0,
         }
     }
@@ -114,9 +132,13 @@ impl<M: ManageConnection> Prober<M> {
         if since == 0 {
             return false;
         }
-        let limit = (self.timeout * REPLACE_AFTER_TIMEOUTS).max(MIN_REPLACE_AFTER);
-        let now_ms = self.epoch.elapsed().as_millis() as u64 + 1;
-        now_ms.saturating_sub(since) >= limit.as_millis() as u64
+        let limit = self
+            .setup
+            .timeout
+            .saturating_mul(REPLACE_AFTER_TIMEOUTS)
+            .max(MIN_REPLACE_AFTER);
+        let now_ms = millis(self.setup.epoch.elapsed()).saturating_add(1);
+        now_ms.saturating_sub(since) >= millis(limit)
     }
 
     fn send(&mut self, job: Job) {
@@ -141,30 +163,33 @@ impl<M: ManageConnection> Prober<M> {
             None => Some((job, "earlier heartbeats are still hung")),
         };
         if let Some((job, why)) = failed {
+            let side = self.setup.side;
             let why = Cause::new(format!(
-                "heartbeat to the {} not run: {why} (at most {MAX_HUNG_PROBERS} hung heartbeat threads)",
-                self.side
+                "heartbeat to the {side} not run: {why} (at most {MAX_HUNG_PROBERS} hung heartbeat threads)"
             ));
             let reply = match job {
                 Job::Probe { seq } => Reply::Probe {
-                    side: self.side,
+                    side,
                     seq,
                     result: Err(why),
+                    saturated: false,
+                    not_run: true,
                     rtt: Duration::ZERO,
                 },
                 Job::Promote { seq } => Reply::Promote {
-                    side: self.side,
+                    side,
                     seq,
                     result: Err(why),
                 },
             };
-            let _ = self.replies.send(reply);
+            let _ = self.setup.replies.send(reply);
         }
     }
 
     fn spawn(&mut self) -> Option<Sender<Job>> {
+        let setup = &self.setup;
         // One live thread is the current prober; more are hung ones.
-        if self.live_threads.load(Ordering::Acquire) > MAX_HUNG_PROBERS {
+        if setup.live_threads.load(Ordering::Acquire) > MAX_HUNG_PROBERS {
             return None;
         }
         let (tx, rx) = crossbeam_channel::bounded(1);
@@ -172,18 +197,11 @@ impl<M: ManageConnection> Prober<M> {
         let busy_since = Arc::new(AtomicU64::new(0));
         let worker = Worker {
             busy_since: busy_since.clone(),
-            epoch: self.epoch,
-            side: self.side,
-            manager: self.manager.clone(),
-            backend: self.backend.clone(),
-            timeout: self.timeout,
-            promotion_timeout: self.promotion_timeout,
-            replies: self.replies.clone(),
-            live: self.live_threads.clone(),
+            setup: setup.clone(),
         };
-        self.live_threads.fetch_add(1, Ordering::AcqRel);
+        setup.live_threads.fetch_add(1, Ordering::AcqRel);
         let spawned = thread::Builder::new()
-            .name(format!("mirrorpool-heartbeat-{}", self.side))
+            .name(format!("mirrorpool-heartbeat-{}", setup.side))
             .spawn(move || worker.run(rx));
         match spawned {
             Ok(_) => {
@@ -191,10 +209,10 @@ impl<M: ManageConnection> Prober<M> {
                 Some(tx)
             }
             Err(e) => {
-                self.live_threads.fetch_sub(1, Ordering::AcqRel);
+                setup.live_threads.fetch_sub(1, Ordering::AcqRel);
                 log::error!(
                     "could not start a heartbeat thread for the {}: {e}",
-                    self.side
+                    setup.side
                 );
                 None
             }
@@ -204,72 +222,148 @@ impl<M: ManageConnection> Prober<M> {
 
 struct Worker<M: ManageConnection> {
     busy_since: Arc<AtomicU64>,
-    epoch: Instant,
-    side: Side,
-    manager: Arc<M>,
-    backend: Arc<dyn Backend<M>>,
-    timeout: Duration,
-    promotion_timeout: Duration,
-    replies: Sender<Reply>,
-    live: Arc<AtomicUsize>,
+    setup: Arc<Setup<M>>,
+}
+
+/// The heartbeat connection and when it was opened.
+struct Heartbeat<C> {
+    conn: C,
+    opened: Instant,
+}
+
+/// Why a heartbeat call failed, and whether the side is merely saturated.
+struct Failure {
+    cause: Cause,
+    saturated: bool,
+}
+
+impl From<Cause> for Failure {
+    fn from(cause: Cause) -> Failure {
+        Failure {
+            cause,
+            saturated: false,
+        }
+    }
 }
 
 impl<M: ManageConnection> Worker<M> {
+    fn run_call<T>(
+        &self,
+        conn: &mut M::Connection,
+        call: &mut dyn FnMut(&mut M::Connection) -> Result<T, BackendError>,
+    ) -> Result<T, Cause> {
+        match catch(|| call(conn)) {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(Cause::capture(&*e)),
+            Err(msg) => Err(Cause::new(format!(
+                "the backend panicked on the {}: {msg}",
+                self.setup.side
+            ))),
+        }
+    }
+
     /// Runs `call` on the heartbeat connection, opening one if needed. A connection whose call
-    /// failed is dropped, so the next job starts from a fresh one.
+    /// failed is dropped, so the next job starts from a fresh one. A panic in the manager or
+    /// the backend is the call's error; the connection it panicked on is dropped.
+    ///
+    /// If the heartbeat cannot open its connection, it tries the call on an idle pool
+    /// connection: a side that refuses new connections (at `max_connections`) but answers on
+    /// open ones is full, not down, and must not be failed over from. Returns whether that
+    /// happened (or the refusal said "too many connections").
     fn with_conn<T>(
         &self,
-        conn: &mut Option<M::Connection>,
-        call: impl FnOnce(&mut M::Connection) -> Result<T, Cause>,
-    ) -> Result<T, Cause> {
-        let mut c = match conn.take() {
-            Some(c) => c,
-            None => self.manager.connect().map_err(|e| Cause::capture(&e))?,
+        hb: &mut Option<Heartbeat<M::Connection>>,
+        borrow: bool,
+        mut call: impl FnMut(&mut M::Connection) -> Result<T, BackendError>,
+    ) -> Result<(T, bool), Failure> {
+        let s = &self.setup;
+        let mut current = match hb.take() {
+            Some(h) => h,
+            None => match catch(|| s.manager.connect()) {
+                Ok(Ok(conn)) => Heartbeat {
+                    conn,
+                    opened: Instant::now(),
+                },
+                Ok(Err(e)) => {
+                    let full = catch(|| s.backend.classify(&e)) == Ok(Fault::TooManyConnections);
+                    let cause = Cause::capture(&e);
+                    if borrow {
+                        if let Some(mut lent) = s.pool.borrow_idle() {
+                            let result = self.run_call(&mut lent.conn, &mut call);
+                            s.pool.checkin(lent, result.is_err());
+                            if let Ok(v) = result {
+                                return Ok((v, true));
+                            }
+                        }
+                    }
+                    return Err(Failure {
+                        cause,
+                        saturated: full,
+                    });
+                }
+                Err(msg) => {
+                    return Err(Cause::new(format!(
+                        "the connection manager panicked connecting to the {}: {msg}",
+                        s.side
+                    ))
+                    .into())
+                }
+            },
         };
-        let result = call(&mut c);
-        if result.is_ok() {
-            *conn = Some(c);
+        let result = self.run_call(&mut current.conn, &mut call)?;
+        // Servers and proxies rotate long-lived sessions for a reason: the heartbeat's own
+        // connection is recycled like the pool's (the next heartbeat opens a fresh one).
+        let expired = s
+            .max_lifetime
+            .is_some_and(|l| current.opened.elapsed() >= l);
+        if !expired {
+            *hb = Some(current);
         }
-        result
+        Ok((result, false))
     }
 
     fn run(self, jobs: Receiver<Job>) {
-        let mut conn: Option<M::Connection> = None;
+        let s = self.setup.clone();
+        let mut hb: Option<Heartbeat<M::Connection>> = None;
         // Ends when the monitor drops its sender (abandon or shutdown) or stops listening.
         while let Ok(job) = jobs.recv() {
             let started = Instant::now();
-            let ms = self.epoch.elapsed().as_millis() as u64 + 1;
+            let ms = millis(s.epoch.elapsed()).saturating_add(1);
             self.busy_since.store(ms, Ordering::Release);
             let reply = match job {
                 Job::Probe { seq } => {
-                    let result = self.with_conn(&mut conn, |c| {
-                        self.backend
-                            .probe(&self.manager, c, self.timeout)
-                            .map_err(|e| Cause::capture(&*e))
-                    });
+                    let (result, saturated) = match self
+                        .with_conn(&mut hb, true, |c| s.backend.probe(&s.manager, c, s.timeout))
+                    {
+                        Ok((obs, saturated)) => (Ok(obs), saturated),
+                        Err(f) => (Err(f.cause), f.saturated),
+                    };
                     Reply::Probe {
-                        side: self.side,
+                        side: s.side,
                         seq,
                         result,
+                        saturated,
+                        not_run: false,
                         rtt: started.elapsed(),
                     }
                 }
                 Job::Promote { seq } => Reply::Promote {
-                    side: self.side,
+                    side: s.side,
                     seq,
-                    result: self.with_conn(&mut conn, |c| {
-                        self.backend
-                            .promote(&self.manager, c, self.promotion_timeout)
-                            .map_err(|e| Cause::capture(&*e))
-                    }),
+                    result: self
+                        .with_conn(&mut hb, false, |c| {
+                            s.backend.promote(&s.manager, c, s.promotion_timeout)
+                        })
+                        .map(|_| ())
+                        .map_err(|f| f.cause),
                 },
             };
             self.busy_since.store(0, Ordering::Release);
-            if self.replies.send(reply).is_err() {
+            if s.replies.send(reply).is_err() {
                 break;
             }
         }
-        drop(conn);
-        self.live.fetch_sub(1, Ordering::AcqRel);
+        drop(hb);
+        s.live_threads.fetch_sub(1, Ordering::AcqRel);
     }
 }

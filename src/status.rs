@@ -2,13 +2,13 @@
 
 use std::time::{Duration, Instant};
 
-use crate::error::{Blocked, Cause};
+use crate::error::{Blocked, Cause, Refusal};
 use crate::event::SwitchReason;
 use crate::health::Health;
-use crate::observation::{Observation, Replication, Role};
+use crate::observation::{Identity, Observation, Privileges, Replication, Role};
 use crate::side::Side;
 
-/// A snapshot of the pool. Reading it takes no lock that checkouts use.
+/// A snapshot of the pool, as `MirrorPool::status()` returns it.
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct Status {
@@ -28,9 +28,33 @@ pub struct Status {
     pub split_brain: bool,
     /// A side the pool will not send writes to (a diverged old primary), if any.
     pub fenced: Option<Side>,
+    /// Maximum pool connections per side (each side has one heartbeat connection besides).
+    pub max_size: u32,
+    /// Whether the monitor thread runs. `false` only if it stopped unexpectedly; then writers
+    /// are blocked ([`Blocked::Unmonitored`]).
+    pub monitor_running: bool,
+    /// Panics the monitor caught and survived (in a user's event handler they are not
+    /// counted here: those are logged only).
+    pub monitor_panics: u64,
 }
 
 impl Status {
+    pub(crate) fn new() -> Status {
+        Status {
+            active: Side::Primary,
+            blocked: None,
+            primary: SideStatus::new(Health::Unknown),
+            mirror: SideStatus::new(Health::Unknown),
+            switches: 0,
+            last_switch: None,
+            split_brain: false,
+            fenced: None,
+            max_size: 0,
+            monitor_running: true,
+            monitor_panics: 0,
+        }
+    }
+
     /// The status of one side.
     pub fn side(&self, side: Side) -> &SideStatus {
         match side {
@@ -74,7 +98,18 @@ pub struct SideStatus {
     pub epoch: Option<u64>,
     /// Replication facts from the last successful heartbeat, if the backend reports them.
     pub replication: Option<Replication>,
-    /// Connections open or being opened.
+    /// Who the server is, if the backend reports it.
+    pub identity: Option<Identity>,
+    /// What the pool's role may do on this side, as the last heartbeat checked.
+    pub privileges: Privileges,
+    /// The side refuses new connections ("too many connections") while it answers on the
+    /// connections the pool has: full, not down. Writers stay; connects are retried with
+    /// backoff.
+    pub saturated: bool,
+    /// Configuration problems found on this side's heartbeats that will refuse failovers
+    /// (a missing privilege, both sides being one server), each once.
+    pub problems: Vec<Refusal>,
+    /// Pool connections open or being opened (the heartbeat connection is not counted).
     pub connections: u32,
     /// Idle connections.
     pub idle: u32,
@@ -106,6 +141,10 @@ impl SideStatus {
             role: Role::Unknown,
             epoch: None,
             replication: None,
+            identity: None,
+            privileges: Privileges::default(),
+            problems: Vec::new(),
+            saturated: false,
             connections: 0,
             idle: 0,
             in_use: 0,
@@ -122,6 +161,8 @@ impl SideStatus {
         self.role = obs.role();
         self.epoch = obs.epoch();
         self.replication = obs.replication().copied();
+        self.identity = obs.identity();
+        self.privileges = obs.privileges();
     }
 }
 

@@ -16,13 +16,20 @@ use std::time::{Duration, Instant};
 use parking_lot::{Condvar, Mutex};
 use r2d2::ManageConnection;
 
-use crossbeam_channel::Sender;
-
 use crate::backend::Backend;
-use crate::clock::CoarseClock;
+use crate::clock::{after, millis, CoarseClock};
+use crate::config::Customizer;
 use crate::error::Cause;
-use crate::monitor::Command;
+use crate::event::{AcquireEvent, Event, ReleaseEvent};
+use crate::extensions::Extensions;
+use crate::report::{catch, Events};
+use crate::shared::ProbeRequester;
 use crate::side::Side;
+
+/// At most this many connects in flight per side: enough to warm a side up for a burst of
+/// callers, few enough that a server that accepts connections but never answers them cannot
+/// make the pool start hundreds of threads.
+const MAX_CONNECTS_IN_FLIGHT: u32 = 8;
 
 static NEXT_CONNECTION_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -30,6 +37,7 @@ static NEXT_CONNECTION_ID: AtomicU64 = AtomicU64::new(1);
 pub(crate) struct Conn<M: ManageConnection> {
     pub(crate) conn: M::Connection,
     pub(crate) id: u64,
+    pub(crate) extensions: Extensions,
     generation: u64,
     created_ms: u64,
     /// When it was last returned (or opened), on the coarse clock.
@@ -72,6 +80,9 @@ struct Inner<M: ManageConnection> {
     connect_failures: u32,
     retry_at: Option<Instant>,
     last_error: Option<Cause>,
+    /// Connections callers returned unbroken: evidence the side answers them (see
+    /// `Policy::on_progress`). Kept under the lock the return already holds.
+    returned: u64,
 }
 
 /// Lock-free counters for status reports: metrics must never contend with checkouts.
@@ -99,6 +110,23 @@ pub(crate) struct Counts {
     pub connect_failures: u64,
 }
 
+/// What both sides' sub-pools share with the rest of the pool.
+pub(crate) struct Wiring<M: ManageConnection> {
+    pub clock: Arc<CoarseClock>,
+    pub backend: Arc<dyn Backend<M>>,
+    pub probes: ProbeRequester,
+    pub customizer: Option<Customizer<M>>,
+    pub events: Events,
+}
+
+/// A caller's wait, begun when it first found no idle connection (the fast path reads no
+/// clock).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Wait {
+    pub started: Instant,
+    pub deadline: Instant,
+}
+
 /// The result of one wait for a connection.
 pub(crate) enum Checkout<M: ManageConnection> {
     Got(Conn<M>),
@@ -121,7 +149,9 @@ pub(crate) struct SubPool<M: ManageConnection> {
     cond: Condvar,
     pub(crate) manager: Arc<M>,
     pub(crate) backend: Arc<dyn Backend<M>>,
-    commands: Sender<Command>,
+    probes: ProbeRequester,
+    customizer: Option<Customizer<M>>,
+    pub(crate) events: Events,
     cfg: SubPoolConfig,
     clock: Arc<CoarseClock>,
     me: Weak<SubPool<M>>,
@@ -132,18 +162,18 @@ impl<M: ManageConnection> SubPool<M> {
         side: Side,
         manager: Arc<M>,
         cfg: SubPoolConfig,
-        clock: Arc<CoarseClock>,
-        backend: Arc<dyn Backend<M>>,
-        commands: Sender<Command>,
+        wiring: Wiring<M>,
     ) -> Arc<SubPool<M>> {
         Arc::new_cyclic(|me| SubPool {
             idle_count: AtomicU32::new(0),
             side,
             manager,
-            backend,
-            commands,
+            backend: wiring.backend,
+            probes: wiring.probes,
+            customizer: wiring.customizer,
+            events: wiring.events,
             cfg,
-            clock,
+            clock: wiring.clock,
             inner: Mutex::new(Inner {
                 idle: Vec::new(),
                 open: 0,
@@ -156,6 +186,7 @@ impl<M: ManageConnection> SubPool<M> {
                 connect_failures: 0,
                 retry_at: None,
                 closed: false,
+                returned: 0,
             }),
             cond: Condvar::new(),
             counters: Counters::default(),
@@ -187,18 +218,32 @@ impl<M: ManageConnection> SubPool<M> {
         }
     }
 
-    /// Asks the monitor to probe this side soon (a caller saw it fail).
     /// Whether returned connections get their session reset.
     pub(crate) fn resets_on_return(&self) -> bool {
         self.cfg.reset_on_return
     }
 
+    /// Asks the monitor to probe this side soon (a caller saw it fail).
     pub(crate) fn request_probe(&self) {
-        let _ = self.commands.try_send(Command::ProbeNow(self.side));
+        self.probes.request(self.side);
+    }
+
+    /// How many connections callers have returned unbroken (wrapping).
+    pub(crate) fn returned(&self) -> u64 {
+        self.inner.lock().returned
     }
 
     pub(crate) fn last_error(&self) -> Option<Cause> {
         self.inner.lock().last_error.clone()
+    }
+
+    /// Lends an idle connection to the heartbeat when it cannot open its own (see
+    /// `prober.rs`): no validation, counted as checked out until [`SubPool::checkin`].
+    pub(crate) fn borrow_idle(&self) -> Option<Conn<M>> {
+        let mut inner = self.inner.lock();
+        let conn = inner.idle.pop()?;
+        self.after_take(&mut inner);
+        Some(conn)
     }
 
     /// Takes an idle connection without waiting or connecting (`try_get`).
@@ -219,7 +264,7 @@ impl<M: ManageConnection> SubPool<M> {
         &self,
         version: &AtomicU64,
         expected: u64,
-        deadline: &mut Option<Instant>,
+        wait: &mut Option<Wait>,
         timeout: Duration,
     ) -> Checkout<M> {
         let mut inner = self.inner.lock();
@@ -243,12 +288,17 @@ impl<M: ManageConnection> SubPool<M> {
                 };
             }
             let now = Instant::now();
-            let deadline = *deadline.get_or_insert(now + timeout);
+            let deadline = wait
+                .get_or_insert_with(|| Wait {
+                    started: now,
+                    deadline: after(now, timeout),
+                })
+                .deadline;
             if now >= deadline {
                 return Checkout::TimedOut(inner.last_error.clone());
             }
             let mut wake = deadline;
-            if inner.open < self.cfg.max_size {
+            if inner.open < self.cfg.max_size && inner.pending < MAX_CONNECTS_IN_FLIGHT {
                 match inner.retry_at {
                     Some(at) if at > now => wake = wake.min(at),
                     _ => self.spawn_connect(&mut inner),
@@ -267,6 +317,7 @@ impl<M: ManageConnection> SubPool<M> {
         // Keep `min_idle` warm, but never more connects than needed.
         if (inner.idle.len() as u32 + inner.pending) < self.cfg.min_idle
             && inner.open < self.cfg.max_size
+            && inner.pending < MAX_CONNECTS_IN_FLIGHT
             && inner.retry_at.is_none()
         {
             self.spawn_connect(inner);
@@ -279,7 +330,8 @@ impl<M: ManageConnection> SubPool<M> {
     }
 
     /// Validates a connection outside the lock if it was not used within the validation
-    /// window. A failed one is closed, its error recorded and waiters told.
+    /// window. A failed one is closed, its error recorded and waiters told. A manager that
+    /// panics in `is_valid` fails the validation; the slot is given back either way.
     fn validated(&self, mut conn: Conn<M>) -> Result<Conn<M>, ()> {
         if !self.cfg.test_on_check_out {
             return Ok(conn);
@@ -287,32 +339,75 @@ impl<M: ManageConnection> SubPool<M> {
         // The coarse clock may lag by up to its granularity, so count that against the window:
         // a connection idle for the whole window is always validated. No clock read here.
         let idle_ms = self.clock.now_ms().saturating_sub(conn.idle_since_ms);
-        let slack_ms = self.cfg.clock_granularity.as_millis() as u64;
-        if idle_ms + slack_ms < self.cfg.validation_window.as_millis() as u64 {
+        let slack_ms = millis(self.cfg.clock_granularity);
+        if idle_ms.saturating_add(slack_ms) < millis(self.cfg.validation_window) {
             return Ok(conn);
         }
-        match self.manager.is_valid(&mut conn.conn) {
-            Ok(()) => Ok(conn),
-            Err(e) => {
-                let cause = Cause::capture(&e);
-                log::debug!(
-                    "{} connection {} failed validation: {}",
-                    self.side,
-                    conn.id,
-                    cause.chain()
-                );
-                let mut inner = self.inner.lock();
-                inner.open -= 1;
-                inner.last_error = Some(cause);
-                inner.error_seq += 1;
-                self.publish(&inner);
-                drop(inner);
-                self.cond.notify_all();
-                self.counters.closed.fetch_add(1, Ordering::Relaxed);
-                close_in_background(vec![conn]);
-                Err(())
-            }
+        let cause = match catch(|| self.manager.is_valid(&mut conn.conn)) {
+            Ok(Ok(())) => return Ok(conn),
+            Ok(Err(e)) => Cause::capture(&e),
+            Err(msg) => Cause::new(format!(
+                "the connection manager panicked validating a {} connection: {msg}",
+                self.side
+            )),
+        };
+        log::debug!(
+            "{} connection {} failed validation: {}",
+            self.side,
+            conn.id,
+            cause.chain()
+        );
+        let mut inner = self.inner.lock();
+        inner.last_error = Some(cause);
+        inner.error_seq += 1;
+        self.release_slot(&mut inner, &conn);
+        self.publish(&inner);
+        drop(inner);
+        self.cond.notify_all();
+        self.counters.closed.fetch_add(1, Ordering::Relaxed);
+        self.close_later(vec![conn]);
+        Err(())
+    }
+
+    /// Gives back the slot of a checked-out connection that will be closed: one place, so a
+    /// connection of a drained generation is always taken off the drain's count too.
+    fn release_slot(&self, inner: &mut Inner<M>, conn: &Conn<M>) {
+        inner.open = inner.open.saturating_sub(1);
+        if conn.generation != inner.generation {
+            inner.stale_out = inner.stale_out.saturating_sub(1);
         }
+    }
+
+    /// Closes connections on a background thread, giving each to the customizer's
+    /// `on_release` first.
+    pub(crate) fn close_later(&self, conns: Vec<Conn<M>>) {
+        if conns.is_empty() {
+            return;
+        }
+        let customizer = self.customizer.clone();
+        let side = self.side;
+        let events = self.events.clone();
+        let now_ms = self.clock.now_ms();
+        crate::close::in_background(move || {
+            for c in conns {
+                if events.enabled() {
+                    events.emit(Event::Release(ReleaseEvent {
+                        side,
+                        connection_id: c.id,
+                        age: Duration::from_millis(now_ms.saturating_sub(c.created_ms)),
+                    }));
+                }
+                if let Some(cust) = &customizer {
+                    if let Err(msg) = catch(|| cust.on_release(c.conn)) {
+                        log::error!(
+                            "the connection customizer panicked in on_release ({side}): {msg}"
+                        );
+                    }
+                } else {
+                    drop(c);
+                }
+            }
+        });
     }
 
     /// Reserves a slot and opens a connection on a thread of its own, so that a connect that
@@ -323,10 +418,18 @@ impl<M: ManageConnection> SubPool<M> {
         let generation = inner.generation;
         let me = self.me.clone();
         let manager = self.manager.clone();
+        let customizer = self.customizer.clone();
+        let side = self.side;
         let spawned = thread::Builder::new()
-            .name(format!("mirrorpool-connect-{}", self.side))
+            .name(format!("mirrorpool-connect-{side}"))
             .spawn(move || {
-                let result = manager.connect();
+                // Whatever the manager or the customizer does, the slot is accounted for.
+                let result = match catch(|| open(&*manager, customizer.as_deref())) {
+                    Ok(result) => result,
+                    Err(msg) => Err(Cause::new(format!(
+                        "the connection manager panicked connecting to the {side}: {msg}"
+                    ))),
+                };
                 if let Some(pool) = me.upgrade() {
                     pool.finish_connect(result, generation);
                 }
@@ -339,16 +442,18 @@ impl<M: ManageConnection> SubPool<M> {
         }
     }
 
-    fn finish_connect(&self, result: Result<M::Connection, M::Error>, generation: u64) {
+    fn finish_connect(&self, result: Result<M::Connection, Cause>, generation: u64) {
         let mut inner = self.inner.lock();
         inner.pending -= 1;
         match result {
             Ok(conn) if generation == inner.generation && !inner.closed => {
                 self.counters.created.fetch_add(1, Ordering::Relaxed);
                 let now_ms = self.clock.now_ms();
+                let id = NEXT_CONNECTION_ID.fetch_add(1, Ordering::Relaxed);
                 inner.idle.push(Conn {
                     conn,
-                    id: NEXT_CONNECTION_ID.fetch_add(1, Ordering::Relaxed),
+                    id,
+                    extensions: Extensions::default(),
                     generation,
                     created_ms: now_ms,
                     idle_since_ms: now_ms,
@@ -358,6 +463,10 @@ impl<M: ManageConnection> SubPool<M> {
                 self.publish(&inner);
                 drop(inner);
                 self.cond.notify_one();
+                self.events.emit(Event::Acquire(AcquireEvent {
+                    side: self.side,
+                    connection_id: id,
+                }));
             }
             Ok(conn) => {
                 // Opened for a generation that was drained meanwhile (or the pool closed).
@@ -368,8 +477,7 @@ impl<M: ManageConnection> SubPool<M> {
                 self.counters.closed.fetch_add(1, Ordering::Relaxed);
                 drop(conn);
             }
-            Err(e) => {
-                let cause = Cause::capture(&e);
+            Err(cause) => {
                 log::debug!("connect to the {} failed: {}", self.side, cause.chain());
                 inner.open -= 1;
                 inner.last_error = Some(cause);
@@ -381,7 +489,7 @@ impl<M: ManageConnection> SubPool<M> {
                     .min_retry_delay
                     .saturating_mul(1 << shift)
                     .min(self.cfg.max_retry_delay);
-                inner.retry_at = Some(Instant::now() + delay);
+                inner.retry_at = Some(after(Instant::now(), delay));
                 self.publish(&inner);
                 drop(inner);
                 self.counters
@@ -399,14 +507,11 @@ impl<M: ManageConnection> SubPool<M> {
         let expired = self
             .cfg
             .max_lifetime
-            .is_some_and(|l| now_ms.saturating_sub(conn.created_ms) >= l.as_millis() as u64);
+            .is_some_and(|l| now_ms.saturating_sub(conn.created_ms) >= millis(l));
         let mut inner = self.inner.lock();
         let stale = conn.generation != inner.generation;
         if stale || broken || expired || inner.closed {
-            inner.open -= 1;
-            if stale {
-                inner.stale_out = inner.stale_out.saturating_sub(1);
-            }
+            self.release_slot(&mut inner, &conn);
             if !stale && !inner.closed {
                 self.after_take(&mut inner);
             }
@@ -418,11 +523,12 @@ impl<M: ManageConnection> SubPool<M> {
                 self.cond.notify_one();
             }
             self.counters.closed.fetch_add(1, Ordering::Relaxed);
-            close_in_background(vec![conn]);
+            self.close_later(vec![conn]);
             return;
         }
         conn.idle_since_ms = now_ms;
         inner.idle.push(conn);
+        inner.returned = inner.returned.wrapping_add(1);
         // The hot path: only the idle count changed.
         self.idle_count
             .store(inner.idle.len() as u32, Ordering::Relaxed);
@@ -490,8 +596,8 @@ impl<M: ManageConnection> SubPool<M> {
         let now_ms = self.clock.now_ms();
         let mut inner = self.inner.lock();
         let mut closed = Vec::new();
-        let lifetime = self.cfg.max_lifetime.map(|d| d.as_millis() as u64);
-        let idle_timeout = self.cfg.idle_timeout.map(|d| d.as_millis() as u64);
+        let lifetime = self.cfg.max_lifetime.map(millis);
+        let idle_timeout = self.cfg.idle_timeout.map(millis);
         let min_idle = self.cfg.min_idle as usize;
         let mut i = 0;
         while i < inner.idle.len() {
@@ -511,6 +617,7 @@ impl<M: ManageConnection> SubPool<M> {
             let now = Instant::now();
             while (inner.idle.len() as u32 + inner.pending) < self.cfg.min_idle
                 && inner.open < self.cfg.max_size
+                && inner.pending < MAX_CONNECTS_IN_FLIGHT
                 && inner.retry_at.is_none_or(|at| at <= now)
             {
                 let before = inner.pending;
@@ -542,14 +649,20 @@ impl<M: ManageConnection> SubPool<M> {
     }
 }
 
-/// Closes connections on a thread of their own: dropping a client with a request still
-/// unanswered (say, after a validation timeout) blocks until the server answers, which a hung
-/// server never does. Callers and the monitor must never wait for that.
-pub(crate) fn close_in_background<C: Send + 'static>(conns: Vec<C>) {
-    if conns.is_empty() {
-        return;
+/// Opens one connection and runs the customizer's `on_acquire` on it.
+fn open<M: ManageConnection>(
+    manager: &M,
+    customizer: Option<&dyn r2d2::CustomizeConnection<M::Connection, M::Error>>,
+) -> Result<M::Connection, Cause> {
+    let mut conn = manager.connect().map_err(|e| Cause::capture(&e))?;
+    if let Some(c) = customizer {
+        c.on_acquire(&mut conn).map_err(|e| {
+            let cause = Cause::capture(&e);
+            Cause::new(format!(
+                "the connection customizer's on_acquire failed: {}",
+                cause.chain()
+            ))
+        })?;
     }
-    let _ = thread::Builder::new()
-        .name("mirrorpool-close".into())
-        .spawn(move || drop(conns));
+    Ok(conn)
 }

@@ -8,7 +8,10 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::{wait_until, Manager, Mode, Recorder, ScriptedBackend, Server};
-use mirrorpool::{Error, Failback, Health, ManageConnection, MirrorPool, Side};
+use mirrorpool::{
+    BuildError, Failback, GetError, Health, ManageConnection, MirrorPool, PooledConnection, Side,
+    SwitchError,
+};
 
 const LONG: Duration = Duration::from_secs(10);
 
@@ -59,7 +62,7 @@ fn serves_from_the_primary_by_default() {
     let p = pair();
     let pool = build(&p, builder(&p));
     let conn = pool.get().unwrap();
-    assert_eq!(conn.side(), Side::Primary);
+    assert_eq!(PooledConnection::side(&conn), Side::Primary);
     assert_eq!(conn.server, "primary");
     assert!(both_up(&pool));
 }
@@ -127,7 +130,7 @@ fn manual_switch_moves_writers_and_is_refused_to_a_down_side() {
     p.primary.set_mode(Mode::Refuse);
     assert!(wait_until(LONG, || pool.status().primary.health == Health::Down));
     match pool.switch_over(Side::Primary) {
-        Err(Error::SwitchRefused {
+        Err(SwitchError::Refused {
             to: Side::Primary,
             reason,
         }) => {
@@ -325,7 +328,10 @@ fn reporting_a_lost_connection_closes_it_and_triggers_a_probe_now() {
     let id = conn.id;
     p.primary.set_mode(Mode::Refuse);
     let err = Manager(p.primary.clone()).connect().unwrap_err();
-    assert_eq!(conn.report(&err), mirrorpool::Fault::ConnectionLost);
+    assert_eq!(
+        PooledConnection::report(&mut conn, &err),
+        mirrorpool::backend::Fault::ConnectionLost
+    );
     drop(conn);
     // The probe runs now, not in 5 s: the primary is down and writers move within a second.
     assert!(wait_until(Duration::from_secs(2), || pool.active() == Side::Mirror));
@@ -452,7 +458,7 @@ fn bad_configuration_is_a_typed_error_not_a_panic() {
     ];
     for (b, option) in cases {
         match b.build(Manager(p.primary.clone()), Manager(p.mirror.clone())) {
-            Err(e @ Error::InvalidConfig { .. }) => {
+            Err(e @ BuildError::InvalidConfig { .. }) => {
                 assert!(e.to_string().contains(option), "{e} should name {option}")
             }
             other => panic!("{option}: expected InvalidConfig, got {other:?}"),
@@ -571,7 +577,7 @@ fn get_from_reaches_a_side_explicitly_and_fails_fast_when_it_is_down() {
     assert!(wait_until(LONG, || pool.status().mirror.health == Health::Down));
     let started = Instant::now();
     match pool.get_from(Side::Mirror) {
-        Err(Error::SideDown {
+        Err(GetError::SideDown {
             side: Side::Mirror,
             cause,
         }) => {
@@ -632,7 +638,7 @@ fn many_threads_with_switches_never_exceed_max_size_nor_get_the_wrong_side() {
                             Side::Mirror
                         };
                         if let Ok(c) = pool.get_from_timeout(side, Duration::from_secs(5)) {
-                            if c.side() != side || c.server != side.as_str() {
+                            if PooledConnection::side(&c) != side || c.server != side.as_str() {
                                 wrong.fetch_add(1, Ordering::Relaxed);
                             }
                         }
@@ -645,12 +651,12 @@ fn many_threads_with_switches_never_exceed_max_size_nor_get_the_wrong_side() {
                         // The connection's server must match the side it claims, and that side
                         // must have been active around the call (unambiguous only if at most one
                         // switch happened meanwhile).
-                        if c.server != c.side().as_str() {
+                        if c.server != PooledConnection::side(&c).as_str() {
                             wrong.fetch_add(1, Ordering::Relaxed);
                         }
                         if switches_after - switches_before <= 1
-                            && c.side() != before
-                            && c.side() != after
+                            && PooledConnection::side(&c) != before
+                            && PooledConnection::side(&c) != after
                         {
                             wrong.fetch_add(1, Ordering::Relaxed);
                         }
@@ -711,7 +717,11 @@ fn the_pool_is_clone_send_and_sync() {
     assert_traits::<MirrorPool<Manager>>();
     fn assert_send<T: Send>() {}
     assert_send::<mirrorpool::PooledConnection<Manager>>();
-    assert_send::<Error>();
+    assert_send::<GetError>();
+    fn assert_sync<T: Send + Sync + std::error::Error + 'static>() {}
+    assert_sync::<GetError>();
+    assert_sync::<BuildError>();
+    assert_sync::<SwitchError>();
 }
 
 #[test]

@@ -11,11 +11,13 @@ use std::time::{Duration, Instant};
 mod common;
 
 use common::wait_until;
+use mirrorpool::backend::{Access, Backend, Fault, Observation, Upstream};
+use mirrorpool::event::SwitchReason;
 use mirrorpool::postgres::{PostgresBackend, PostgresManager, PostgresPool};
 use mirrorpool::testkit::{Grants, PgPair, ProxyMode, TcpProxy, APP_PASSWORD};
 use mirrorpool::{
-    Access, Backend, Blocked, Builder, Error, Fault, Health, Lag, ManageConnection, Observation,
-    Refusal, Role, Side, SwitchReason, Upstream,
+    Blocked, Builder, GetError, Health, Lag, ManageConnection, PooledConnection, Refusal, Role,
+    Side,
 };
 use postgres::NoTls;
 
@@ -123,7 +125,7 @@ impl Writers {
                             }
                         };
                         seq += 1;
-                        let side = conn.side();
+                        let side = PooledConnection::side(&conn);
                         match conn
                             .execute("INSERT INTO t (writer, seq) VALUES ($1, $2)", &[&w, &seq])
                         {
@@ -135,7 +137,7 @@ impl Writers {
                                     .push((w, seq, side, Instant::now()))
                             }
                             Err(e) => {
-                                conn.report(&e);
+                                PooledConnection::report(&mut conn, &e);
                                 outcome.lock().unwrap().statement_errors += 1;
                             }
                         }
@@ -435,7 +437,7 @@ fn a_cut_network_without_promotion_blocks_writers_with_a_clear_error_and_recover
     assert!(wait_until(LONG, || pool.status().primary.health == Health::Down));
     let started = Instant::now();
     match pool.get_timeout(Duration::from_millis(500)) {
-        Err(e @ Error::Unavailable { .. }) => {
+        Err(e @ GetError::Unavailable { .. }) => {
             let msg = e.to_string();
             assert!(msg.contains("no side accepts writes"), "{msg}");
             assert!(msg.contains("primary is down"), "{msg}");
@@ -644,7 +646,7 @@ fn after_a_promotion_a_restarted_old_primary_is_fenced_and_reported() {
     // Writes go to the new primary only, even with automatic failback configured.
     for i in 0..50 {
         let mut c = pool.get().unwrap();
-        assert_eq!(c.side(), Side::Mirror);
+        assert_eq!(PooledConnection::side(&c), Side::Mirror);
         c.execute("INSERT INTO t VALUES (500, $1)", &[&i64::from(i)])
             .unwrap();
     }
@@ -825,7 +827,10 @@ fn status_reports_roles_timelines_and_replication() {
     // The backend classifies a write on the replica as "not writable".
     let mut c = pool.get_from(Side::Mirror).unwrap();
     let e = c.execute("INSERT INTO t VALUES (1, 1)", &[]).unwrap_err();
-    assert_eq!(c.report(&e), mirrorpool::Fault::NotWritable);
+    assert_eq!(
+        PooledConnection::report(&mut c, &e),
+        mirrorpool::backend::Fault::NotWritable
+    );
 }
 
 #[test]
@@ -1072,7 +1077,7 @@ fn returning_a_connection_to_a_hung_server_with_reset_on_return_takes_at_most_th
         )
         .expect("valid configuration");
     let conn = pool.get().unwrap();
-    assert_eq!(conn.side(), Side::Primary);
+    assert_eq!(PooledConnection::side(&conn), Side::Primary);
     assert!(conn.severable());
     let guard = pair.primary().pause_guard().unwrap();
     let (tx, rx) = mpsc::channel();

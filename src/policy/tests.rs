@@ -2,6 +2,9 @@
 //! simulated clock drives its timers, and every action it emits is checked.
 
 use super::*;
+use crate::backend::{Capabilities, LagKind};
+use crate::config::FailoverConfig as Config;
+use crate::observation::{Identity, Privileges};
 use crate::observation::{Replication, Upstream};
 use proptest::prelude::*;
 
@@ -22,6 +25,11 @@ struct Sim {
     world: PerSide<Srv>,
     epoch: PerSide<u64>,
     lag: PerSide<Option<u64>>,
+    /// Replication position each side reports (written on a primary, replayed on a replica).
+    position: PerSide<Option<u64>>,
+    privileges: PerSide<Privileges>,
+    /// Server instance each side reports (the same for both: one server configured twice).
+    instance: PerSide<Option<u64>>,
     /// What the mirror says about its upstream; `None`: the backend does not report it.
     streaming: PerSide<Option<bool>>,
     /// (silence, max_quiet) the mirror reports while streaming.
@@ -61,6 +69,9 @@ impl Sim {
             world: PerSide::new(Srv::Up(Role::Unknown), Srv::Up(Role::Unknown)),
             epoch: PerSide::new(1, 1),
             lag: PerSide::new(None, None),
+            position: PerSide::new(None, None),
+            privileges: PerSide::new(Privileges::default(), Privileges::default()),
+            instance: PerSide::new(None, None),
             streaming: PerSide::new(None, None),
             quiet: None,
             pending: Vec::new(),
@@ -71,7 +82,14 @@ impl Sim {
         }
     }
 
-    fn pg(cfg: Config) -> Sim {
+    /// A role-aware backend (as PostgreSQL's) on a primary + streaming replica.
+    fn pg(mut cfg: Config) -> Sim {
+        cfg.capabilities = Capabilities::NONE
+            .with_roles()
+            .with_promote()
+            .with_upstream()
+            .with_lag(LagKind::Bytes)
+            .with_lag(LagKind::Time);
         let mut s = Sim::new(cfg);
         s.world = PerSide::new(Srv::Up(Role::Writable), Srv::Up(Role::ReadOnly));
         s.streaming[Side::Mirror] = Some(true);
@@ -81,6 +99,7 @@ impl Sim {
     fn observation(&self, side: Side, role: Role) -> Observation {
         let r = Replication {
             lag_bytes: self.lag[side],
+            position: self.position[side],
             upstream: self.streaming[side].map(|streaming| {
                 let mut u = Upstream::new(streaming);
                 if let Some((silence, max_quiet)) = self.quiet {
@@ -91,13 +110,27 @@ impl Sim {
             }),
             ..Replication::default()
         };
-        Observation::with_role(role)
+        let mut obs = Observation::with_role(role)
             .with_epoch(self.epoch[side])
             .with_replication(r)
+            .with_privileges(self.privileges[side]);
+        if let Some(instance) = self.instance[side] {
+            obs = obs.with_identity(Identity {
+                cluster: Some(1),
+                instance,
+            });
+        }
+        obs
     }
 
     fn record(&mut self, out: Vec<Action>) {
         let at = self.now - self.start;
+        // The runtime carries actions out one by one; one input never moves writers twice.
+        assert!(
+            out.iter().filter(|a| is_switch(a)).count() <= 1,
+            "two switches for one input: {out:?}\n{:#?}",
+            self.log
+        );
         for a in out {
             if let Action::Health { side, health, .. } = a {
                 self.seen[side] = health;
@@ -105,7 +138,7 @@ impl Sim {
             self.check_invariants(&a);
             match &a {
                 Action::Probe(side) => self.pending.push(*side),
-                Action::Abandon(side) => {
+                Action::AbandonProbe(side) => {
                     self.pending.retain(|s| s != side);
                     for p in self.slow.iter_mut().filter(|p| p.0 == *side) {
                         p.2 = true;
@@ -376,7 +409,7 @@ fn a_hung_primary_is_detected_by_timeouts() {
     let t = s.first_time(is_switch).expect("switched") - t0;
     // ≤ interval + threshold × (timeout + suspect interval)
     assert!(t <= ms(100 + 3 * (50 + 10) + 5), "took {t:?}");
-    assert!(s.count(|a| *a == Action::Abandon(Side::Primary)) >= 3);
+    assert!(s.count(|a| *a == Action::AbandonProbe(Side::Primary)) >= 3);
 }
 
 #[test]
@@ -419,6 +452,7 @@ fn manual_switch_ignores_the_interval_but_refuses_unsafe_targets() {
         s.policy.manual_switch(Side::Mirror, s.now, &mut out),
         Ok(())
     );
+    s.record(std::mem::take(&mut out));
     assert_eq!(
         s.policy.manual_switch(Side::Primary, s.now, &mut out),
         Ok(())
@@ -620,7 +654,8 @@ fn the_lag_gate_refuses_a_mirror_that_is_too_far_behind() {
             allow_data_loss: allow,
             ..cfg()
         });
-        s.lag[Side::Mirror] = Some(5000);
+        s.position[Side::Primary] = Some(10_000);
+        s.position[Side::Mirror] = Some(5_000);
         s.run(ms(300));
         s.world[Side::Primary] = Srv::Refuse;
         s.streaming[Side::Mirror] = Some(false);
@@ -637,6 +672,186 @@ fn the_lag_gate_refuses_a_mirror_that_is_too_far_behind() {
             );
         }
     }
+}
+
+#[test]
+fn the_lag_gate_reopens_once_the_mirror_has_replayed_what_the_dead_primary_wrote() {
+    let mut s = Sim::pg(Config {
+        promote_on_failover: true,
+        max_failover_lag: Some(Lag::Bytes(1000)),
+        ..cfg()
+    });
+    s.position[Side::Primary] = Some(7_400_000);
+    s.position[Side::Mirror] = Some(100);
+    // The dead primary's last report of its replica's lag must not be reused forever.
+    s.lag[Side::Primary] = Some(7_399_900);
+    s.run(ms(300));
+    s.world[Side::Primary] = Srv::Refuse;
+    s.streaming[Side::Mirror] = Some(false);
+    s.run(ms(1000));
+    assert_eq!(s.count(|a| matches!(a, Action::Promote(_))), 0);
+    assert!(matches!(
+        s.policy.blocked(),
+        Some(Blocked::Refused(Refusal::LagTooHigh { .. }))
+    ));
+    // The mirror replays everything it received: the estimate is recomputed from its fresh
+    // heartbeats, and the gate opens.
+    s.position[Side::Mirror] = Some(7_400_000);
+    s.lag[Side::Mirror] = Some(0);
+    s.run(ms(500));
+    assert_eq!(s.count(|a| matches!(a, Action::Promote(_))), 1);
+    assert_eq!(s.policy.active(), Side::Mirror);
+}
+
+#[test]
+fn an_unknown_lag_refuses_a_gated_failover() {
+    let mut s = Sim::pg(Config {
+        promote_on_failover: true,
+        max_failover_lag: Some(Lag::Time(ms(100))),
+        ..cfg()
+    });
+    s.run(ms(300));
+    s.world[Side::Primary] = Srv::Refuse;
+    s.streaming[Side::Mirror] = Some(false);
+    s.run(ms(1000));
+    assert_eq!(s.count(|a| matches!(a, Action::Promote(_))), 0);
+    assert_eq!(
+        s.policy.blocked(),
+        Some(&Blocked::Refused(Refusal::LagUnknown {
+            limit: Lag::Time(ms(100))
+        }))
+    );
+}
+
+#[test]
+fn a_side_of_unknown_role_never_takes_writers_with_a_role_aware_backend() {
+    // The primary is dead from the start; the mirror answers every heartbeat only after it
+    // was abandoned, so no heartbeat ever reports its role.
+    let mut s = Sim::pg(cfg());
+    s.world[Side::Primary] = Srv::Refuse;
+    s.world[Side::Mirror] = Srv::Slow(Role::ReadOnly, ms(120));
+    s.run(ms(2000));
+    assert_eq!(
+        s.policy.side(Side::Mirror).health,
+        Health::Up,
+        "late answers count"
+    );
+    assert_eq!(
+        s.count(|a| matches!(
+            a,
+            Action::Route {
+                active: Side::Mirror,
+                blocked: None
+            }
+        )),
+        0,
+        "writers were served by a side of unknown role\n{:#?}",
+        s.log
+    );
+    // Without roles (a plain manager) the same late answer is enough to serve writers there.
+    let mut s = Sim::new(cfg());
+    s.world[Side::Primary] = Srv::Refuse;
+    s.world[Side::Mirror] = Srv::Slow(Role::Unknown, ms(120));
+    s.run(ms(2000));
+    assert_eq!(s.policy.active(), Side::Mirror);
+    assert_eq!(s.policy.blocked(), None);
+}
+
+#[test]
+fn an_upstream_the_role_cannot_see_never_confirms_a_lost_primary() {
+    let mut s = Sim::pg(Config {
+        promote_on_failover: true,
+        ..cfg()
+    });
+    s.streaming[Side::Mirror] = None;
+    s.privileges[Side::Mirror].replication_status =
+        Access::Denied("the role cannot see replication state");
+    s.privileges[Side::Mirror].promote = Access::Granted;
+    s.run(ms(300));
+    // Reported at once, before any failure.
+    assert_eq!(
+        s.count(|a| matches!(
+            a,
+            Action::Misconfigured {
+                side: Side::Mirror,
+                problem: Refusal::MissingPrivilege { .. }
+            }
+        )),
+        1
+    );
+    s.world[Side::Primary] = Srv::Hang;
+    s.run(ms(3000));
+    assert_eq!(s.count(|a| matches!(a, Action::Promote(_))), 0);
+    assert_eq!(
+        s.policy.blocked(),
+        Some(&Blocked::Refused(Refusal::MissingPrivilege {
+            side: Side::Mirror,
+            what: "the role cannot see replication state"
+        }))
+    );
+}
+
+#[test]
+fn a_missing_promotion_privilege_is_reported_at_once_and_refuses_the_promotion() {
+    let mut s = Sim::pg(Config {
+        promote_on_failover: true,
+        ..cfg()
+    });
+    s.privileges[Side::Mirror].promote = Access::Denied("the role lacks EXECUTE on pg_promote");
+    s.run(ms(300));
+    let first = s
+        .first_time(|a| matches!(a, Action::Misconfigured { .. }))
+        .expect("reported");
+    assert!(
+        first < ms(50),
+        "reported on the first heartbeat, at {first:?}"
+    );
+    s.world[Side::Primary] = Srv::Refuse;
+    s.streaming[Side::Mirror] = Some(false);
+    s.run(ms(2000));
+    assert_eq!(s.count(|a| matches!(a, Action::Promote(_))), 0);
+    assert_eq!(
+        s.policy.blocked(),
+        Some(&Blocked::Refused(Refusal::MissingPrivilege {
+            side: Side::Mirror,
+            what: "the role lacks EXECUTE on pg_promote"
+        }))
+    );
+    assert_eq!(
+        s.count(|a| matches!(a, Action::Misconfigured { .. })),
+        1,
+        "once"
+    );
+}
+
+#[test]
+fn one_server_configured_as_both_sides_is_reported_not_taken_for_split_brain() {
+    let mut s = Sim::pg(cfg());
+    s.world = PerSide::new(Srv::Up(Role::Writable), Srv::Up(Role::Writable));
+    s.instance = PerSide::new(Some(42), Some(42));
+    s.run(ms(500));
+    assert_eq!(s.count(|a| matches!(a, Action::SplitBrain { .. })), 0);
+    assert!(
+        s.count(|a| matches!(
+            a,
+            Action::Misconfigured {
+                problem: Refusal::SameServer,
+                ..
+            }
+        )) >= 1
+    );
+    assert_eq!(s.policy.fenced(), None);
+    // Its failure is no reason to switch to itself.
+    s.world = PerSide::new(Srv::Refuse, Srv::Up(Role::Writable));
+    s.run(ms(1000));
+    assert_eq!(s.count(is_switch), 0);
+    let mut out = Vec::new();
+    s.world = PerSide::new(Srv::Up(Role::Writable), Srv::Up(Role::Writable));
+    s.run(ms(300));
+    assert_eq!(
+        s.policy.manual_switch(Side::Mirror, s.now, &mut out),
+        Err(Refusal::SameServer)
+    );
 }
 
 #[test]
@@ -659,7 +874,7 @@ fn an_old_primary_returning_writable_is_fenced_and_reported_as_split_brain() {
         Side::Mirror,
         "never fails back to a diverged primary"
     );
-    assert!(s.policy.split_brain());
+    assert!(s.policy.split_brain);
     assert_eq!(s.policy.fenced(), Some(Side::Primary));
     assert_eq!(
         s.count(|a| matches!(
@@ -674,7 +889,7 @@ fn an_old_primary_returning_writable_is_fenced_and_reported_as_split_brain() {
     // It is rebuilt as a replica: no longer fenced, no longer split brain.
     s.world[Side::Primary] = Srv::Up(Role::ReadOnly);
     s.run(ms(300));
-    assert!(!s.policy.split_brain());
+    assert!(!s.policy.split_brain);
     assert_eq!(s.policy.fenced(), None);
     assert_eq!(s.policy.active(), Side::Mirror);
 }
@@ -748,7 +963,7 @@ fn a_slow_primary_whose_late_answers_arrive_is_not_failed_over_from() {
     s.run(ms(3000));
     assert_eq!(s.count(is_switch), 0, "{:?}", s.switches());
     assert_ne!(s.policy.side(Side::Primary).health, Health::Down);
-    assert!(s.count(|a| *a == Action::Abandon(Side::Primary)) > 5);
+    assert!(s.count(|a| *a == Action::AbandonProbe(Side::Primary)) > 5);
 }
 
 #[test]
@@ -798,7 +1013,7 @@ fn an_external_promotion_is_seen_quickly_even_before_the_primary_is_down() {
         vec![(Side::Primary, Side::Mirror, SwitchReason::NewerPrimary)]
     );
     assert!(
-        !s.policy.split_brain(),
+        !s.policy.split_brain,
         "a failing old primary is no split brain"
     );
 }
@@ -908,4 +1123,91 @@ proptest! {
         }
         prop_assert_eq!(s.count(is_switch), 0);
     }
+}
+
+fn any_duration() -> impl Strategy<Value = Duration> {
+    prop_oneof![
+        Just(Duration::MAX),
+        Just(Duration::ZERO),
+        Just(Duration::from_nanos(1)),
+        (0u64..10_000).prop_map(Duration::from_millis),
+        any::<u64>().prop_map(Duration::from_secs),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// No duration, however extreme, makes the policy's instant arithmetic panic (the
+    /// builder bounds the monitor's timings; the rest may be anything, `MAX` meaning never).
+    #[test]
+    fn extreme_durations_never_panic(
+        min_switch in any_duration(),
+        failback in any_duration(),
+        silence in any_duration(),
+        promotion in any_duration(),
+        timing in prop_oneof![Just(ms(1)), Just(Duration::from_secs(3600))],
+    ) {
+        let mut s = Sim::pg(Config {
+            heartbeat_interval: timing,
+            heartbeat_timeout: timing,
+            suspect_interval: timing,
+            min_switch_interval: min_switch,
+            failback: Failback::Automatic { after: failback.max(ms(1)) },
+            primary_silence_bound: silence.max(ms(1)),
+            promotion_timeout: promotion.max(ms(1)),
+            promote_on_failover: true,
+            ..cfg()
+        });
+        s.run(ms(50));
+        s.world[Side::Primary] = Srv::Refuse;
+        s.streaming[Side::Mirror] = Some(false);
+        s.run(ms(50));
+        let _ = s.policy.next_deadline(s.now);
+    }
+}
+
+#[test]
+fn a_side_serving_callers_is_not_failed_by_heartbeats_that_time_out() {
+    for served in [true, false] {
+        let mut s = Sim::pg(cfg());
+        s.run(ms(300));
+        // The primary's heartbeats get no answer in time (a CPU-starved host, or a hung one).
+        s.world[Side::Primary] = Srv::Hang;
+        for _ in 0..1500 {
+            if served {
+                // Callers keep returning its connections unbroken: it answers them.
+                let mut out = Vec::new();
+                s.policy.on_progress(Side::Primary, s.now, &mut out);
+                s.record(out);
+            }
+            s.step(ms(1));
+        }
+        let downs = s.count(|a| {
+            matches!(
+                a,
+                Action::Health {
+                    side: Side::Primary,
+                    health: Health::Down,
+                    ..
+                }
+            )
+        });
+        assert_eq!(downs > 0, !served, "served = {served}\n{:#?}", s.log);
+        assert_eq!(s.count(is_switch) > 0, !served);
+    }
+}
+
+#[test]
+fn progress_does_not_forgive_heartbeats_that_got_an_error() {
+    let mut s = Sim::pg(cfg());
+    s.run(ms(300));
+    s.world[Side::Primary] = Srv::Refuse;
+    for _ in 0..500 {
+        let mut out = Vec::new();
+        s.policy.on_progress(Side::Primary, s.now, &mut out);
+        s.record(out);
+        s.step(ms(1));
+    }
+    assert_eq!(s.policy.side(Side::Primary).health, Health::Down);
 }

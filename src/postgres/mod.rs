@@ -90,7 +90,7 @@ pub use connection::PgConnection;
 pub use manager::{MakeTls, PostgresManager};
 
 use crate::config::Builder;
-use crate::error::Error;
+use crate::error::BuildError;
 use crate::pool::MirrorPool;
 
 /// A mirror pool of PostgreSQL connections.
@@ -104,7 +104,11 @@ pub fn builder<T: MakeTls>() -> Builder<PostgresManager<T>> {
 /// A pool with default settings from two connection strings (`key=value` or URL form).
 ///
 /// Parse errors name the side; they never echo the string (it may hold a password).
-pub fn pool<T: MakeTls>(primary: &str, mirror: &str, tls: T) -> Result<PostgresPool<T>, Error> {
+pub fn pool<T: MakeTls>(
+    primary: &str,
+    mirror: &str,
+    tls: T,
+) -> Result<PostgresPool<T>, BuildError> {
     let (p, m) = managers(primary, mirror, tls)?;
     builder().build(p, m)
 }
@@ -114,10 +118,10 @@ pub fn managers<T: MakeTls>(
     primary: &str,
     mirror: &str,
     tls: T,
-) -> Result<(PostgresManager<T>, PostgresManager<T>), Error> {
+) -> Result<(PostgresManager<T>, PostgresManager<T>), BuildError> {
     let parse = |s: &str, option: &'static str| {
         s.parse::<postgres::Config>()
-            .map_err(|e| Error::config(option, format!("could not be parsed: {e}")))
+            .map_err(|e| BuildError::config(option, format!("could not be parsed: {e}")))
     };
     Ok((
         PostgresManager::new(parse(primary, "primary connection string")?, tls.clone()),

@@ -8,7 +8,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mirrorpool::backend::{Backend, BackendError, Observation, Replication, Role, Upstream};
+use mirrorpool::backend::{
+    Backend, BackendError, Capabilities, LagKind, Observation, Replication, Role, Upstream,
+};
 use mirrorpool::ManageConnection;
 use parking_lot::{Condvar, Mutex};
 
@@ -38,6 +40,17 @@ struct State {
     probe_delay: Duration,
     promotions: u32,
     validations: u64,
+    /// Make these calls panic (a misbehaving user manager).
+    panic_connect: bool,
+    panic_is_valid: bool,
+    panic_has_broken: bool,
+    panic_probe: bool,
+    /// Make pool validations (`is_valid`) block until released.
+    hang_validations: bool,
+    /// Refuse new connects with "too many connections" while open ones keep working.
+    full: bool,
+    /// Fail the next heartbeat (its connection is then dropped and reopened).
+    fail_next_probe: bool,
 }
 
 /// One scripted server, shared by its manager, its connections and the test.
@@ -66,6 +79,13 @@ impl Server {
                 probe_delay: Duration::ZERO,
                 promotions: 0,
                 validations: 0,
+                panic_connect: false,
+                panic_is_valid: false,
+                panic_has_broken: false,
+                panic_probe: false,
+                hang_validations: false,
+                full: false,
+                fail_next_probe: false,
             }),
             changed: Condvar::new(),
             open: AtomicU64::new(0),
@@ -105,6 +125,31 @@ impl Server {
 
     pub fn set_hang_probes(&self, hang: bool) {
         self.state.lock().hang_probes = hang;
+        self.changed.notify_all();
+    }
+
+    /// Makes `connect`, `is_valid`, `has_broken` or the heartbeat panic (or stop panicking).
+    pub fn set_panics(&self, connect: bool, is_valid: bool, has_broken: bool, probe: bool) {
+        let mut s = self.state.lock();
+        s.panic_connect = connect;
+        s.panic_is_valid = is_valid;
+        s.panic_has_broken = has_broken;
+        s.panic_probe = probe;
+    }
+
+    /// Refuses new connects with "too many connections" (open connections keep working).
+    pub fn set_full(&self, full: bool) {
+        self.state.lock().full = full;
+    }
+
+    /// Fails the next heartbeat, so the heartbeat has to reconnect.
+    pub fn fail_next_probe(&self) {
+        self.state.lock().fail_next_probe = true;
+    }
+
+    /// Makes pool validations block until `set_hang_validations(false)`.
+    pub fn set_hang_validations(&self, hang: bool) {
+        self.state.lock().hang_validations = hang;
         self.changed.notify_all();
     }
 
@@ -204,6 +249,12 @@ impl ManageConnection for Manager {
     type Error = ScriptError;
 
     fn connect(&self) -> Result<Conn, ScriptError> {
+        if self.0.state.lock().panic_connect {
+            panic!("scripted panic in connect");
+        }
+        if self.0.state.lock().full {
+            return Err(ScriptError::new(self.0.name, "too many connections"));
+        }
         self.0.answer(false)?;
         self.0.connects.fetch_add(1, Ordering::SeqCst);
         self.0.open.fetch_add(1, Ordering::SeqCst);
@@ -215,7 +266,19 @@ impl ManageConnection for Manager {
     }
 
     fn is_valid(&self, conn: &mut Conn) -> Result<(), ScriptError> {
-        self.0.state.lock().validations += 1;
+        {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            let mut s = self.0.state.lock();
+            s.validations += 1;
+            if s.panic_is_valid {
+                panic!("scripted panic in is_valid");
+            }
+            while s.hang_validations {
+                if self.0.changed.wait_until(&mut s, deadline).timed_out() {
+                    break;
+                }
+            }
+        }
         if conn.id < self.0.state.lock().break_before {
             return Err(ScriptError::new(self.0.name, "connection reset"));
         }
@@ -223,7 +286,12 @@ impl ManageConnection for Manager {
     }
 
     fn has_broken(&self, conn: &mut Conn) -> bool {
-        conn.id < self.0.state.lock().break_before
+        let s = self.0.state.lock();
+        if s.panic_has_broken {
+            drop(s);
+            panic!("scripted panic in has_broken");
+        }
+        conn.id < s.break_before
     }
 }
 
@@ -232,19 +300,21 @@ impl ManageConnection for Manager {
 pub struct ScriptedBackend;
 
 impl Backend<Manager> for ScriptedBackend {
-    fn classify(&self, error: &ScriptError) -> mirrorpool::Fault {
+    fn classify(&self, error: &ScriptError) -> mirrorpool::backend::Fault {
         match error.cause.to_string().as_str() {
-            "connection refused" | "connection reset" => mirrorpool::Fault::ConnectionLost,
-            _ => mirrorpool::Fault::Other,
+            "connection refused" | "connection reset" => mirrorpool::backend::Fault::ConnectionLost,
+            "too many connections" => mirrorpool::backend::Fault::TooManyConnections,
+            _ => mirrorpool::backend::Fault::Other,
         }
     }
 
-    fn probe(
-        &self,
-        m: &Manager,
-        _c: &mut Conn,
-        _t: Duration,
-    ) -> Result<Observation, BackendError> {
+    fn probe(&self, m: &Manager, _c: &mut Conn, _t: Duration) -> Result<Observation, BackendError> {
+        if m.0.state.lock().panic_probe {
+            panic!("scripted panic in the heartbeat");
+        }
+        if std::mem::take(&mut m.0.state.lock().fail_next_probe) {
+            return Err(Box::new(ScriptError::new(m.0.name, "connection reset")));
+        }
         let delay = m.0.state.lock().probe_delay;
         std::thread::sleep(delay);
         m.0.answer(true)?;
@@ -265,6 +335,30 @@ impl Backend<Manager> for ScriptedBackend {
         s.upstream_streaming = None;
         s.promotions += 1;
         Ok(())
+    }
+}
+
+/// [`ScriptedBackend`] declaring what the PostgreSQL backend declares: roles, promotion,
+/// upstream state and byte lag. With it, a side of unknown role takes no writes.
+#[derive(Debug, Default)]
+pub struct RoleAwareBackend;
+
+impl Backend<Manager> for RoleAwareBackend {
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::NONE
+            .with_roles()
+            .with_promote()
+            .with_upstream()
+            .with_lag(LagKind::Bytes)
+    }
+    fn classify(&self, error: &ScriptError) -> mirrorpool::backend::Fault {
+        ScriptedBackend.classify(error)
+    }
+    fn probe(&self, m: &Manager, c: &mut Conn, t: Duration) -> Result<Observation, BackendError> {
+        ScriptedBackend.probe(m, c, t)
+    }
+    fn promote(&self, m: &Manager, c: &mut Conn, t: Duration) -> Result<(), BackendError> {
+        ScriptedBackend.promote(m, c, t)
     }
 }
 
@@ -303,19 +397,19 @@ impl Recorder {
 }
 
 impl mirrorpool::HandleEvent for Recorder {
-    fn handle_side_down(&self, e: mirrorpool::SideDownEvent) {
+    fn handle_side_down(&self, e: mirrorpool::event::SideDownEvent) {
         self.push(format!("down {}", e.side()));
     }
-    fn handle_side_up(&self, e: mirrorpool::SideUpEvent) {
+    fn handle_side_up(&self, e: mirrorpool::event::SideUpEvent) {
         self.push(format!("up {}", e.side()));
     }
-    fn handle_switch(&self, e: mirrorpool::SwitchEvent) {
+    fn handle_switch(&self, e: mirrorpool::event::SwitchEvent) {
         self.push(format!("switch {}->{} {:?}", e.from(), e.to(), e.reason()));
     }
-    fn handle_drain(&self, e: mirrorpool::DrainEvent) {
+    fn handle_drain(&self, e: mirrorpool::event::DrainEvent) {
         self.push(format!("drain {} {}", e.side(), e.closed()));
     }
-    fn handle_heartbeat_failure(&self, e: mirrorpool::HeartbeatFailureEvent) {
+    fn handle_heartbeat_failure(&self, e: mirrorpool::event::HeartbeatFailureEvent) {
         self.push(format!(
             "hbfail {} {} timeout={}",
             e.side(),
@@ -323,17 +417,23 @@ impl mirrorpool::HandleEvent for Recorder {
             e.timed_out()
         ));
     }
-    fn handle_switch_refused(&self, e: mirrorpool::SwitchRefusedEvent) {
+    fn handle_switch_refused(&self, e: mirrorpool::event::SwitchRefusedEvent) {
         self.push(format!("refused {} {:?}", e.to(), e.reason()));
     }
-    fn handle_split_brain(&self, e: mirrorpool::SplitBrainEvent) {
+    fn handle_split_brain(&self, e: mirrorpool::event::SplitBrainEvent) {
         self.push(format!(
             "splitbrain writer={} fenced={}",
             e.writer(),
             e.fenced()
         ));
     }
-    fn handle_promotion(&self, e: mirrorpool::PromotionEvent) {
+    fn handle_promotion(&self, e: mirrorpool::event::PromotionEvent) {
         self.push(format!("promotion {} ok={}", e.side(), e.error().is_none()));
+    }
+    fn handle_saturation(&self, e: mirrorpool::event::SaturationEvent) {
+        self.push(format!("saturated {} {}", e.side(), e.saturated()));
+    }
+    fn handle_misconfiguration(&self, e: mirrorpool::event::MisconfigurationEvent) {
+        self.push(format!("misconfigured {} {:?}", e.side(), e.problem()));
     }
 }
