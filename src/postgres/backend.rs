@@ -20,6 +20,9 @@ use crate::observation::{
 /// (`pg_current_wal_lsn()`) or on a replica are guarded by `CASE`, which PostgreSQL evaluates
 /// lazily for volatile functions and sub-selects.
 ///
+/// Ages are taken against `clock_timestamp()`; a negative one (a message received after the
+/// statement started) counts as zero, not as unknown.
+///
 /// Everything here is visible to a plain LOGIN role except the replication views' details:
 /// without `pg_read_all_stats` (or `pg_monitor`, a member of it) `pg_stat_replication` and
 /// `pg_stat_wal_receiver` show the process id of each WAL sender or receiver and NULL in every
@@ -43,13 +46,13 @@ SELECT r.rec,
        END::float8 AS lag_bytes,
        CASE WHEN r.rec THEN
                 CASE WHEN pg_last_wal_receive_lsn() IS NOT DISTINCT FROM pg_last_wal_replay_lsn() THEN 0
-                     ELSE extract(epoch FROM now() - pg_last_xact_replay_timestamp()) END
+                     ELSE extract(epoch FROM clock_timestamp() - pg_last_xact_replay_timestamp()) END
             ELSE (SELECT extract(epoch FROM max(replay_lag)) FROM pg_stat_replication)
        END::float8 AS lag_secs,
        CASE WHEN r.rec THEN
                 CASE WHEN w.pid IS NULL THEN false ELSE w.status = 'streaming' END
        END AS streaming,
-       CASE WHEN r.rec THEN extract(epoch FROM now() - w.last_msg_receipt_time) END::float8
+       CASE WHEN r.rec THEN extract(epoch FROM clock_timestamp() - w.last_msg_receipt_time) END::float8
            AS silence_secs,
        CASE WHEN r.rec THEN
                 (SELECT setting::float8 / 1000 FROM pg_settings WHERE name = 'wal_receiver_timeout')
@@ -98,9 +101,11 @@ const PROMOTE_SLACK: Duration = Duration::from_secs(1);
 #[derive(Clone, Copy, Debug, Default)]
 pub struct PostgresBackend;
 
+/// Seconds as a duration; a negative age (a clock step, or a message received after the
+/// statement started) is zero.
 fn secs(v: Option<f64>) -> Option<Duration> {
-    v.filter(|s| s.is_finite() && *s >= 0.0)
-        .map(Duration::from_secs_f64)
+    v.filter(|s| s.is_finite())
+        .and_then(|s| Duration::try_from_secs_f64(s.max(0.0)).ok())
 }
 
 /// FNV-1a, 64 bits: a hash that is the same in every process and Rust version.
