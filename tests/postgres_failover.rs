@@ -1275,3 +1275,201 @@ fn too_many_connections_is_classified_as_capacity_not_failure() {
         "{err:?}"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Least privilege: what the pool does and says when the role lacks a grant.
+
+/// Whether `problems` holds a missing privilege whose text mentions `grant`.
+fn names_missing(problems: &[Refusal], grant: &str) -> bool {
+    problems
+        .iter()
+        .any(|p| matches!(p, Refusal::MissingPrivilege { what, .. } if what.contains(grant)))
+}
+
+#[test]
+fn a_role_that_cannot_see_replication_never_promotes_over_a_hung_primary_and_names_the_grant() {
+    // The mirror's receiver keeps its (hidden) row for the whole test: it would give up on the
+    // stopped primary only after a minute. Only pg_promote is granted.
+    let pair = PgPair::builder()
+        .app_grants(Grants::none().promote(true))
+        .setting("wal_receiver_timeout", "60s")
+        .start()
+        .unwrap_or_else(|e| panic!("cannot start a PostgreSQL pair: {e}"));
+    let pool = pool(&pair, builder().promote_on_failover(true));
+    both_up(&pool);
+    let guard = pair.primary().pause_guard().unwrap();
+    let paused = Instant::now();
+    let refused_for_pg_monitor = |s: &mirrorpool::Status| {
+        matches!(s.blocked, Some(Blocked::Refused(Refusal::MissingPrivilege { side: Side::Mirror, what }))
+            if what.contains("pg_monitor"))
+    };
+    assert!(
+        wait_until(LONG, || refused_for_pg_monitor(&pool.status())),
+        "{:?}",
+        pool.status()
+    );
+    let err = pool
+        .get_timeout(Duration::from_millis(300))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("GRANT pg_monitor"), "{err}");
+    // Still refused seconds later, and the mirror was never promoted.
+    while paused.elapsed() < Duration::from_secs(6) {
+        let s = pool.status();
+        assert_ne!(s.mirror.role, Role::Writable, "{s:?}");
+        assert!(!matches!(s.blocked, Some(Blocked::Promoting(_))), "{s:?}");
+        thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        refused_for_pg_monitor(&pool.status()),
+        "{:?}",
+        pool.status()
+    );
+    assert_eq!(
+        pair.mirror()
+            .query_one_i64("SELECT pg_is_in_recovery()::int")
+            .unwrap(),
+        1,
+        "the mirror was promoted"
+    );
+    drop(guard);
+}
+
+#[test]
+fn a_role_without_execute_on_pg_promote_is_reported_at_start_and_named_when_writers_wait() {
+    let pair = pair(false, Grants::none().replication_status(true));
+    let built = Instant::now();
+    let pool = pool(&pair, builder().promote_on_failover(true));
+    assert!(
+        wait_until(Duration::from_secs(2), || names_missing(
+            &pool.status().mirror.problems,
+            "pg_promote"
+        )),
+        "{:?}",
+        pool.status()
+    );
+    eprintln!(
+        "missing EXECUTE on pg_promote reported {:?} after build",
+        built.elapsed()
+    );
+    both_up(&pool);
+    pair.primary().kill().unwrap();
+    assert!(
+        wait_until(LONG, || matches!(
+            pool.status().blocked,
+            Some(Blocked::Refused(Refusal::MissingPrivilege { side: Side::Mirror, what }))
+                if what.contains("pg_promote")
+        )),
+        "{:?}",
+        pool.status()
+    );
+    let err = pool
+        .get_timeout(Duration::from_millis(300))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("pg_promote"), "{err}");
+    assert_eq!(
+        pair.mirror()
+            .query_one_i64("SELECT pg_is_in_recovery()::int")
+            .unwrap(),
+        1
+    );
+}
+
+#[test]
+fn build_checked_names_wrong_credentials_unreachable_sides_one_server_twice_strangers_and_missing_grants(
+) {
+    use mirrorpool::BuildError;
+    let pair = pair(false, Grants::none());
+    let checked = |b: Builder<PostgresManager<NoTls>>, p: postgres::Config, m: postgres::Config| {
+        b.connection_timeout(Duration::from_secs(10))
+            .build_checked(
+                PostgresManager::new(p, NoTls),
+                PostgresManager::new(m, NoTls),
+            )
+            .map(|_| ())
+    };
+    let (primary, mirror) = (pair.primary(), pair.mirror());
+
+    // The healthy pair passes (no feature that needs a grant is on).
+    checked(builder(), primary.app_config(), mirror.app_config()).expect("a healthy pair");
+
+    let mut wrong = primary.app_config();
+    wrong.password("not-the-password");
+    match checked(builder(), wrong, mirror.app_config()) {
+        Err(
+            e @ BuildError::Unreachable {
+                side: Side::Primary,
+                ..
+            },
+        ) => {
+            let chain = format!("{e} {:?}", std::error::Error::source(&e));
+            assert!(chain.contains("password authentication failed"), "{chain}");
+            assert!(!chain.contains("not-the-password"), "{chain}");
+        }
+        other => panic!("expected Unreachable(primary), got {other:?}"),
+    }
+
+    let nobody = std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap();
+    let closed_port = nobody.local_addr().unwrap().port();
+    drop(nobody);
+    match checked(
+        builder(),
+        primary.app_config(),
+        mirror.app_config_on_port(closed_port),
+    ) {
+        Err(BuildError::Unreachable {
+            side: Side::Mirror, ..
+        }) => {}
+        other => panic!("expected Unreachable(mirror), got {other:?}"),
+    }
+
+    // The primary twice, once through a proxy: one server.
+    let proxy = TcpProxy::start(([127, 0, 0, 1], primary.port()).into()).unwrap();
+    match checked(
+        builder(),
+        primary.app_config(),
+        primary.app_config_on_port(proxy.port()),
+    ) {
+        Err(BuildError::SameServer) => {}
+        other => panic!("expected SameServer, got {other:?}"),
+    }
+
+    // Another cluster's primary as the mirror.
+    let stranger = self::pair(false, Grants::none());
+    match checked(
+        builder(),
+        primary.app_config(),
+        stranger.primary().app_config(),
+    ) {
+        Err(BuildError::NotAMirror { .. }) => {}
+        other => panic!("expected NotAMirror, got {other:?}"),
+    }
+    // Another cluster's replica as the mirror.
+    match checked(
+        builder(),
+        primary.app_config(),
+        stranger.mirror().app_config(),
+    ) {
+        Err(BuildError::NotAMirror { problem }) => {
+            assert!(problem.contains("another cluster"), "{problem}")
+        }
+        other => panic!("expected NotAMirror, got {other:?}"),
+    }
+
+    // Promotion configured for a role without the grants it needs.
+    match checked(
+        builder().promote_on_failover(true),
+        primary.app_config(),
+        mirror.app_config(),
+    ) {
+        Err(e @ BuildError::MissingPrivilege { .. }) => {
+            let msg = e.to_string();
+            assert!(
+                msg.contains("pg_promote") || msg.contains("pg_monitor"),
+                "{msg}"
+            );
+        }
+        other => panic!("expected MissingPrivilege, got {other:?}"),
+    }
+}
