@@ -125,15 +125,15 @@ impl PostgresBackend {
     /// hash of that, the postmaster's start time, and the server's address and port.
     fn identify(client: &mut Client) -> Result<Identity, postgres::Error> {
         let row = client.query_one(IDENTITY_SQL, &[])?;
-        let cluster = if row.get::<_, bool>("sysid_visible") {
-            let id: i64 = client.query_one(SYSID_SQL, &[])?.get(0);
+        let cluster = if row.try_get::<_, bool>("sysid_visible")? {
+            let id: i64 = client.query_one(SYSID_SQL, &[])?.try_get(0)?;
             Some(id as u64)
         } else {
             None
         };
-        let started: String = row.get("started");
-        let addr: String = row.get("addr");
-        let port: String = row.get("port");
+        let started: String = row.try_get("started")?;
+        let addr: String = row.try_get("addr")?;
+        let port: String = row.try_get("port")?;
         let sysid = cluster.unwrap_or(0).to_be_bytes();
         Ok(Identity {
             cluster,
@@ -143,35 +143,38 @@ impl PostgresBackend {
 
     fn observe(client: &mut Client) -> Result<Observation, postgres::Error> {
         let row = client.query_one(PROBE_SQL, &[])?;
-        let in_recovery: bool = row.get("rec");
-        let read_only: bool = row.get("read_only");
+        let in_recovery: bool = row.try_get("rec")?;
+        let read_only: bool = row.try_get("read_only")?;
         let role = if in_recovery || read_only {
             Role::ReadOnly
         } else {
             Role::Writable
         };
-        let sees_replication: bool = row.get("sees_replication");
-        let may_promote: bool = row.get("may_promote");
+        let sees_replication: bool = row.try_get("sees_replication")?;
+        let may_promote: bool = row.try_get("may_promote")?;
+        let streaming: Option<bool> = row.try_get("streaming")?;
+        let silence = secs(row.try_get("silence_secs")?);
+        let receiver_timeout = secs(row.try_get("receiver_timeout_secs")?);
         #[allow(clippy::needless_update)]
         let replication = Replication {
             lag_bytes: row
-                .get::<_, Option<f64>>("lag_bytes")
+                .try_get::<_, Option<f64>>("lag_bytes")?
                 .filter(|b| b.is_finite())
                 .map(|b| b.max(0.0) as u64),
-            lag_time: secs(row.get("lag_secs")),
+            lag_time: secs(row.try_get("lag_secs")?),
             replicas_attached: row
-                .get::<_, Option<i64>>("replicas")
+                .try_get::<_, Option<i64>>("replicas")?
                 .map(|n| n.clamp(0, i64::from(u32::MAX)) as u32),
-            upstream: in_recovery.then(|| Upstream {
-                streaming: row.get::<_, Option<bool>>("streaming"),
-                silence: secs(row.get("silence_secs")),
+            upstream: in_recovery.then_some(Upstream {
+                streaming,
+                silence,
                 // 0 disables the receiver's timeout: then a live primary may be quiet forever.
-                max_quiet: match secs(row.get("receiver_timeout_secs")) {
+                max_quiet: match receiver_timeout {
                     Some(t) if !t.is_zero() => Some(t),
                     _ => Some(Duration::MAX),
                 },
             }),
-            position: row.get::<_, Option<PgLsn>>("position").map(u64::from),
+            position: row.try_get::<_, Option<PgLsn>>("position")?.map(u64::from),
             ..Replication::default()
         };
         let privileges = Privileges {
@@ -190,7 +193,7 @@ impl PostgresBackend {
         let mut obs = Observation::with_role(role)
             .with_replication(replication)
             .with_privileges(privileges);
-        if let Some(tli) = row.get::<_, Option<i64>>("timeline") {
+        if let Some(tli) = row.try_get::<_, Option<i64>>("timeline")? {
             obs = obs.with_epoch(tli as u64);
         }
         Ok(obs)
@@ -212,7 +215,9 @@ impl PostgresBackend {
         }
         loop {
             // Bounded by the caller's watch on the socket.
-            let in_recovery: bool = client.query_one("SELECT pg_is_in_recovery()", &[])?.get(0);
+            let in_recovery: bool = client
+                .query_one("SELECT pg_is_in_recovery()", &[])?
+                .try_get(0)?;
             if !in_recovery {
                 return Ok(Ok(()));
             }
