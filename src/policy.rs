@@ -97,6 +97,9 @@ pub(crate) enum Action {
     SplitBrain { writer: Side, fenced: Side },
     /// The side became saturated (refuses new connections but answers) or stopped being so.
     Saturation { side: Side, saturated: bool },
+    /// A primary's commits stopped (or started again) waiting for a replica: reported when
+    /// its heartbeat's `synchronous` flag changes between known values.
+    Synchronous { side: Side, synchronous: bool },
     /// The fenced side or the split-brain state changed (for `status()`).
     Fencing {
         fenced: Option<Side>,
@@ -503,6 +506,18 @@ impl Policy {
     }
 
     fn record_up(&mut self, side: Side, obs: Observation, now: Instant, out: &mut Vec<Action>) {
+        let sync =
+            |o: Option<Observation>| o.and_then(|o| o.replication().and_then(|r| r.synchronous));
+        if let (Some(before), Some(now_sync)) =
+            (sync(self.sides[side].observation), sync(Some(obs)))
+        {
+            if before != now_sync {
+                out.push(Action::Synchronous {
+                    side,
+                    synchronous: now_sync,
+                });
+            }
+        }
         let st = &mut self.sides[side];
         st.op = None;
         st.last_done = Some(now);
@@ -971,7 +986,15 @@ impl Policy {
                 }
             }
             Lag::Time(_) => repl.and_then(|r| r.lag_time).map(Lag::Time),
-            Lag::Transactions(_) => repl.and_then(|r| r.lag_transactions).map(Lag::Transactions),
+            // Positions count transactions for such a backend: the dead side's last written one
+            // against what `to` has applied now; else `to`'s own unapplied transactions.
+            Lag::Transactions(_) => {
+                let written = self.sides[to.other()].last_written;
+                match (written, repl.and_then(|r| r.position)) {
+                    (Some(w), Some(r)) => Some(Lag::Transactions(w.saturating_sub(r))),
+                    _ => repl.and_then(|r| r.lag_transactions).map(Lag::Transactions),
+                }
+            }
         };
         match lag {
             None => Some(Refusal::LagUnknown { limit }),
