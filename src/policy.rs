@@ -145,6 +145,8 @@ pub(crate) struct SideState {
     timeouts_only: bool,
     /// When callers were last seen returning connections of this side unbroken.
     progress: Option<Instant>,
+    /// Whether its commits waited for a replica, as last reported.
+    last_sync: Option<bool>,
 }
 
 impl SideState {
@@ -164,6 +166,7 @@ impl SideState {
             saturated: false,
             timeouts_only: true,
             progress: None,
+            last_sync: None,
         }
     }
 
@@ -506,12 +509,10 @@ impl Policy {
     }
 
     fn record_up(&mut self, side: Side, obs: Observation, now: Instant, out: &mut Vec<Action>) {
-        let sync =
-            |o: Option<Observation>| o.and_then(|o| o.replication().and_then(|r| r.synchronous));
-        if let (Some(before), Some(now_sync)) =
-            (sync(self.sides[side].observation), sync(Some(obs)))
-        {
-            if before != now_sync {
+        if let Some(now_sync) = obs.replication().and_then(|r| r.synchronous) {
+            // Compared with the last known value: an unknown in between says nothing.
+            let before = self.sides[side].last_sync.replace(now_sync);
+            if before.is_some_and(|b| b != now_sync) {
                 out.push(Action::Synchronous {
                     side,
                     synchronous: now_sync,

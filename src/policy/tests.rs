@@ -1238,7 +1238,5 @@ fn a_primary_falling_back_to_asynchronous_replication_is_reported_once_each_way(
             _ => None,
         })
         .collect();
-    assert_eq!(changes, vec![false]);
-    // From unknown back to known: compared with the last known value, not reported again
-    // unless it changed.
+    assert_eq!(changes, vec![false, true]);
 }
