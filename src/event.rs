@@ -271,6 +271,26 @@ impl SaturationEvent {
     }
 }
 
+/// A primary's commits stopped waiting for its replica (semi-synchronous replication fell
+/// back to asynchronous, e.g. after `rpl_semi_sync_master_timeout`), or started again. While
+/// they do not, a failover can lose acknowledged writes. Logged at `warn`.
+#[derive(Debug, Clone)]
+pub struct SynchronousEvent {
+    pub(crate) side: Side,
+    pub(crate) synchronous: bool,
+}
+
+impl SynchronousEvent {
+    /// The primary's side.
+    pub fn side(&self) -> Side {
+        self.side
+    }
+    /// Whether commits wait for the replica again (`false`: they stopped).
+    pub fn synchronous(&self) -> bool {
+        self.synchronous
+    }
+}
+
 /// A pool connection was opened (r2d2's `AcquireEvent`).
 #[derive(Debug, Clone)]
 pub struct AcquireEvent {
@@ -403,6 +423,8 @@ pub enum Event {
     Misconfiguration(MisconfigurationEvent),
     /// See [`SaturationEvent`].
     Saturation(SaturationEvent),
+    /// See [`SynchronousEvent`].
+    Synchronous(SynchronousEvent),
     /// See [`AcquireEvent`].
     Acquire(AcquireEvent),
     /// See [`ReleaseEvent`].
@@ -472,6 +494,14 @@ impl fmt::Display for Event {
                 e.side
             ),
             Event::Saturation(e) => write!(f, "the {} accepts connections again", e.side),
+            Event::Synchronous(e) if e.synchronous => {
+                write!(f, "the {}'s commits wait for its replica again", e.side)
+            }
+            Event::Synchronous(e) => write!(
+                f,
+                "the {}'s commits no longer wait for its replica: a failover can now lose acknowledged writes",
+                e.side
+            ),
             Event::Acquire(e) => write!(f, "opened {} connection {}", e.side, e.connection_id),
             Event::Release(e) => write!(
                 f,
@@ -526,6 +556,7 @@ pub trait HandleEvent: fmt::Debug + Send + Sync + 'static {
             Event::Promotion(e) => self.handle_promotion(e),
             Event::Misconfiguration(e) => self.handle_misconfiguration(e),
             Event::Saturation(e) => self.handle_saturation(e),
+            Event::Synchronous(e) => self.handle_synchronous(e),
             Event::Acquire(e) => self.handle_acquire(e),
             Event::Release(e) => self.handle_release(e),
             Event::Checkout(e) => self.handle_checkout(e),
@@ -571,6 +602,10 @@ pub trait HandleEvent: fmt::Debug + Send + Sync + 'static {
     }
     /// A side became saturated (refuses new connections) or stopped being so.
     fn handle_saturation(&self, event: SaturationEvent) {
+        let _ = event;
+    }
+    /// A primary's replication became asynchronous (or synchronous again).
+    fn handle_synchronous(&self, event: SynchronousEvent) {
         let _ = event;
     }
     /// A pool connection was opened.

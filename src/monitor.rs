@@ -22,7 +22,7 @@ use crate::clock::after;
 use crate::error::{Blocked, Cause, Refusal};
 use crate::event::{
     DrainEvent, HeartbeatFailureEvent, MisconfigurationEvent, PromotionEvent, SaturationEvent,
-    SideDownEvent, SideUpEvent, SplitBrainEvent, SwitchEvent, SwitchRefusedEvent,
+    SideDownEvent, SideUpEvent, SplitBrainEvent, SwitchEvent, SwitchRefusedEvent, SynchronousEvent,
 };
 use crate::health::Health;
 use crate::policy::{Action, Policy, ProbeOutcome};
@@ -391,6 +391,18 @@ impl<M: ManageConnection> Monitor<M> {
                 shared
                     .events
                     .handle_saturation(SaturationEvent { side, saturated });
+            }
+            Action::Synchronous { side, synchronous } => {
+                if synchronous {
+                    log::info!("the {side}'s commits wait for its replica again");
+                } else {
+                    log::warn!(
+                        "the {side}'s commits no longer wait for its replica (replication fell back to asynchronous): a failover can now lose acknowledged writes"
+                    );
+                }
+                shared
+                    .events
+                    .handle_synchronous(SynchronousEvent { side, synchronous });
             }
             Action::Fencing {
                 fenced,

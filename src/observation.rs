@@ -145,11 +145,17 @@ pub struct Replication {
     pub replicas_attached: Option<u32>,
     /// On a replica: the state of its link to the primary.
     pub upstream: Option<Upstream>,
-    /// A position in the replication stream, in bytes (PostgreSQL: an LSN). On a primary: how
-    /// far it has written. On a replica: how far it has replayed. The lag gate compares the
-    /// primary's last known position with what the replica has replayed *now*, so it reopens
-    /// once a replica has caught up after its primary died.
+    /// A position in the replication stream that only grows: in bytes for a backend that
+    /// measures [`LagKind::Bytes`] (PostgreSQL: the LSN), in transactions for one that measures
+    /// [`LagKind::Transactions`] (MySQL/MariaDB: the sum of the GTID sequence numbers). On a
+    /// primary: how far it has written. On a replica: how far it has applied. The lag gate
+    /// compares the primary's last known position with what the replica has applied *now*, so
+    /// it reopens once a replica has caught up after its primary died.
     pub position: Option<u64>,
+    /// On a primary: whether commits currently wait for a replica to confirm them
+    /// (MySQL/MariaDB semi-synchronous replication: `Rpl_semi_sync_master_status`). `false`
+    /// means a failover from now on can lose acknowledged writes. `None`: not reported.
+    pub synchronous: Option<bool>,
 }
 
 /// Whether the heartbeat's role holds a privilege a feature needs.

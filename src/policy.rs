@@ -97,6 +97,9 @@ pub(crate) enum Action {
     SplitBrain { writer: Side, fenced: Side },
     /// The side became saturated (refuses new connections but answers) or stopped being so.
     Saturation { side: Side, saturated: bool },
+    /// A primary's commits stopped (or started again) waiting for a replica: reported when
+    /// its heartbeat's `synchronous` flag changes between known values.
+    Synchronous { side: Side, synchronous: bool },
     /// The fenced side or the split-brain state changed (for `status()`).
     Fencing {
         fenced: Option<Side>,
@@ -142,6 +145,8 @@ pub(crate) struct SideState {
     timeouts_only: bool,
     /// When callers were last seen returning connections of this side unbroken.
     progress: Option<Instant>,
+    /// Whether its commits waited for a replica, as last reported.
+    last_sync: Option<bool>,
 }
 
 impl SideState {
@@ -161,6 +166,7 @@ impl SideState {
             saturated: false,
             timeouts_only: true,
             progress: None,
+            last_sync: None,
         }
     }
 
@@ -503,6 +509,16 @@ impl Policy {
     }
 
     fn record_up(&mut self, side: Side, obs: Observation, now: Instant, out: &mut Vec<Action>) {
+        if let Some(now_sync) = obs.replication().and_then(|r| r.synchronous) {
+            // Compared with the last known value: an unknown in between says nothing.
+            let before = self.sides[side].last_sync.replace(now_sync);
+            if before.is_some_and(|b| b != now_sync) {
+                out.push(Action::Synchronous {
+                    side,
+                    synchronous: now_sync,
+                });
+            }
+        }
         let st = &mut self.sides[side];
         st.op = None;
         st.last_done = Some(now);
@@ -971,7 +987,15 @@ impl Policy {
                 }
             }
             Lag::Time(_) => repl.and_then(|r| r.lag_time).map(Lag::Time),
-            Lag::Transactions(_) => repl.and_then(|r| r.lag_transactions).map(Lag::Transactions),
+            // Positions count transactions for such a backend: the dead side's last written one
+            // against what `to` has applied now; else `to`'s own unapplied transactions.
+            Lag::Transactions(_) => {
+                let written = self.sides[to.other()].last_written;
+                match (written, repl.and_then(|r| r.position)) {
+                    (Some(w), Some(r)) => Some(Lag::Transactions(w.saturating_sub(r))),
+                    _ => repl.and_then(|r| r.lag_transactions).map(Lag::Transactions),
+                }
+            }
         };
         match lag {
             None => Some(Refusal::LagUnknown { limit }),

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use crate::event::{
     DrainEvent, Event, HandleEvent, HeartbeatFailureEvent, MisconfigurationEvent, PromotionEvent,
     SaturationEvent, SideDownEvent, SideUpEvent, SplitBrainEvent, SwitchEvent, SwitchRefusedEvent,
+    SynchronousEvent,
 };
 
 /// The text of a panic payload.
@@ -72,6 +73,7 @@ impl Events {
         handle_promotion(PromotionEvent) => Promotion,
         handle_misconfiguration(MisconfigurationEvent) => Misconfiguration,
         handle_saturation(SaturationEvent) => Saturation,
+        handle_synchronous(SynchronousEvent) => Synchronous,
     }
 }
 

@@ -28,6 +28,8 @@ struct Sim {
     /// Replication position each side reports (written on a primary, replayed on a replica).
     position: PerSide<Option<u64>>,
     privileges: PerSide<Privileges>,
+    /// Whether each side's commits wait for a replica (semi-sync), as it reports.
+    sync: PerSide<Option<bool>>,
     /// Server instance each side reports (the same for both: one server configured twice).
     instance: PerSide<Option<u64>>,
     /// What the mirror says about its upstream; `None`: the backend does not report it.
@@ -71,6 +73,7 @@ impl Sim {
             lag: PerSide::new(None, None),
             position: PerSide::new(None, None),
             privileges: PerSide::new(Privileges::default(), Privileges::default()),
+            sync: PerSide::new(None, None),
             instance: PerSide::new(None, None),
             streaming: PerSide::new(None, None),
             quiet: None,
@@ -100,6 +103,7 @@ impl Sim {
         let r = Replication {
             lag_bytes: self.lag[side],
             position: self.position[side],
+            synchronous: self.sync[side],
             upstream: self.streaming[side].map(|streaming| {
                 let mut u = Upstream::new(streaming);
                 if let Some((silence, max_quiet)) = self.quiet {
@@ -1210,4 +1214,29 @@ fn progress_does_not_forgive_heartbeats_that_got_an_error() {
         s.step(ms(1));
     }
     assert_eq!(s.policy.side(Side::Primary).health, Health::Down);
+}
+
+#[test]
+fn a_primary_falling_back_to_asynchronous_replication_is_reported_once_each_way() {
+    let mut s = Sim::pg(cfg());
+    s.sync[Side::Primary] = Some(true);
+    s.run(ms(500));
+    s.sync[Side::Primary] = Some(false);
+    s.run(ms(500));
+    s.sync[Side::Primary] = None; // unknown says nothing
+    s.run(ms(500));
+    s.sync[Side::Primary] = Some(true);
+    s.run(ms(500));
+    let changes: Vec<bool> = s
+        .log
+        .iter()
+        .filter_map(|(_, a)| match a {
+            Action::Synchronous {
+                side: Side::Primary,
+                synchronous,
+            } => Some(*synchronous),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(changes, vec![false, true]);
 }
