@@ -40,7 +40,7 @@
 //! - The finder reads `/proc/self/fd` and makes a few system calls per socket of the process,
 //!   once per connect.
 
-#![cfg_attr(not(feature = "postgres"), allow(dead_code))]
+#![cfg_attr(not(feature = "postgres"), allow(dead_code))] // used by the postgres backend so far
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -563,7 +563,7 @@ fn watchdog() {
 // ---------------------------------------------------------------------------------------------
 // System calls
 
-#[cfg(all(target_os = "linux", feature = "postgres"))]
+#[cfg(all(target_os = "linux", any(feature = "postgres", feature = "mysql")))]
 mod sys {
     //! Linux: `/proc/self/fd`, `fcntl(F_DUPFD_CLOEXEC)`, `fstat`, `getpeername`,
     //! `getsockopt`/`setsockopt(TCP_USER_TIMEOUT)`, `shutdown`.
@@ -670,7 +670,7 @@ mod sys {
     }
 }
 
-#[cfg(not(all(target_os = "linux", feature = "postgres")))]
+#[cfg(not(all(target_os = "linux", any(feature = "postgres", feature = "mysql"))))]
 mod sys {
     //! Elsewhere: nothing is found, so nothing is severed.
 
