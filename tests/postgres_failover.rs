@@ -2,7 +2,6 @@
 //! load running during every fault.
 
 use std::collections::HashSet;
-use std::io::Read as _;
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread::{self, JoinHandle};
@@ -11,6 +10,7 @@ use std::time::{Duration, Instant};
 mod common;
 
 use common::wait_until;
+use common::SilentServer;
 use mirrorpool::backend::{Access, Backend, Fault, Observation, Upstream};
 use mirrorpool::event::SwitchReason;
 use mirrorpool::postgres::{PostgresBackend, PostgresManager, PostgresPool};
@@ -878,75 +878,6 @@ fn two_pools_on_one_cluster_promote_once_and_both_follow() {
 // ---------------------------------------------------------------------------------------------
 // Bounded calls: connects, resets and promotions never wait forever on a silent server.
 
-/// A TCP listener that accepts connections and never sends a byte, like a stopped server
-/// process whose kernel still completes handshakes, or a port taken by something else. Holds
-/// every accepted socket until dropped.
-struct SilentServer {
-    port: u16,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl SilentServer {
-    fn start() -> SilentServer {
-        let listener = std::net::TcpListener::bind(("127.0.0.1", 0)).expect("bind");
-        listener.set_nonblocking(true).expect("nonblocking");
-        let port = listener.local_addr().expect("local addr").port();
-        let stop = Arc::new(AtomicBool::new(false));
-        let s = stop.clone();
-        let thread = thread::spawn(move || {
-            let mut held = Vec::new();
-            let deadline = Instant::now() + Duration::from_secs(300);
-            while !s.load(Ordering::Relaxed) && Instant::now() < deadline {
-                match listener.accept() {
-                    Ok((stream, _)) => held.push(stream),
-                    Err(_) => thread::sleep(Duration::from_millis(5)),
-                }
-            }
-        });
-        SilentServer {
-            port,
-            stop,
-            thread: Some(thread),
-        }
-    }
-
-    fn manager(&self, connect_timeout: Duration) -> PostgresManager<NoTls> {
-        let mut config = postgres::Config::new();
-        config
-            .host("127.0.0.1")
-            .port(self.port)
-            .user("app")
-            .password("secret")
-            .dbname("app")
-            .connect_timeout(connect_timeout);
-        PostgresManager::new(config, NoTls)
-    }
-}
-
-impl Drop for SilentServer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-/// Threads of this process whose name starts with "mirrorpool" (`comm` holds the first 15
-/// characters of a thread's name).
-fn mirrorpool_threads() -> Vec<String> {
-    std::fs::read_dir("/proc/self/task")
-        .map(|d| {
-            d.filter_map(|t| t.ok())
-                .filter_map(|t| std::fs::read_to_string(t.path().join("comm")).ok())
-                .map(|c| c.trim_end().to_owned())
-                .filter(|c| c.starts_with("mirrorpool"))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 #[test]
 fn a_connect_to_a_server_that_accepts_but_never_answers_fails_within_the_connect_timeout() {
     let _ = env_logger::builder().is_test(true).try_init();
@@ -966,97 +897,6 @@ fn a_connect_to_a_server_that_accepts_but_never_answers_fails_within_the_connect
     eprintln!("connect to a silent server failed after {took:?}: {result:?}");
     assert!(took >= timeout, "{took:?}");
     assert!(took < timeout + Duration::from_millis(1500), "{took:?}");
-}
-
-/// Run alone in a process of its own by the next test (it counts the process's threads).
-#[test]
-#[ignore = "run in a child process by a_pool_on_servers_that_never_answer_leaves_no_thread_behind"]
-fn child_pool_on_silent_servers() {
-    if std::env::var_os("MIRRORPOOL_SILENT_POOL_CHILD").is_none() {
-        return;
-    }
-    let (p, m) = (SilentServer::start(), SilentServer::start());
-    let connect_timeout = Duration::from_secs(1);
-    let pool = mirrorpool::postgres::builder()
-        .max_size(4)
-        .min_idle(3)
-        .mirror_min_idle(3)
-        .connection_timeout(Duration::from_millis(300))
-        .build(p.manager(connect_timeout), m.manager(connect_timeout))
-        .expect("valid configuration");
-    // Connects and heartbeats are now stuck in start-up exchanges that never get an answer.
-    thread::sleep(Duration::from_millis(700));
-    assert!(pool.get().is_err());
-    assert!(!mirrorpool_threads().is_empty());
-    let dropped = Instant::now();
-    drop(pool);
-    let bound = connect_timeout + Duration::from_secs(3);
-    let mut left = mirrorpool_threads();
-    while !left.is_empty() && dropped.elapsed() < bound {
-        thread::sleep(Duration::from_millis(50));
-        left = mirrorpool_threads();
-    }
-    assert!(
-        left.is_empty(),
-        "{} s after the pool was dropped these threads remain: {left:?}",
-        bound.as_secs()
-    );
-    eprintln!(
-        "all mirrorpool threads ended {:?} after the drop",
-        dropped.elapsed()
-    );
-}
-
-#[test]
-fn a_pool_on_servers_that_never_answer_leaves_no_thread_behind() {
-    let exe = std::env::current_exe().expect("test binary");
-    let mut child = std::process::Command::new(exe)
-        .args([
-            "--exact",
-            "child_pool_on_silent_servers",
-            "--include-ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env("MIRRORPOOL_SILENT_POOL_CHILD", "1")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn the child test");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait for the child") {
-            break status;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("the child test did not end within 60 s");
-        }
-        thread::sleep(Duration::from_millis(50));
-    };
-    let mut out = String::new();
-    for pipe in [
-        child
-            .stdout
-            .take()
-            .map(|p| Box::new(p) as Box<dyn std::io::Read>),
-        child
-            .stderr
-            .take()
-            .map(|p| Box::new(p) as Box<dyn std::io::Read>),
-    ]
-    .into_iter()
-    .flatten()
-    {
-        let mut p = pipe;
-        let _ = p.read_to_string(&mut out);
-    }
-    assert!(status.success(), "child test failed:\n{out}");
-    assert!(
-        out.contains("1 passed"),
-        "the child test did not run:\n{out}"
-    );
 }
 
 #[test]
