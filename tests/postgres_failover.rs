@@ -14,7 +14,7 @@ use common::SilentServer;
 use mirrorpool::backend::{Access, Backend, Fault, Observation, Upstream};
 use mirrorpool::event::SwitchReason;
 use mirrorpool::postgres::{PostgresBackend, PostgresManager, PostgresPool};
-use mirrorpool::testkit::{Grants, PgPair, ProxyMode, TcpProxy, APP_PASSWORD};
+use mirrorpool::testkit::{Grants, PgPair, ProxyMode, TcpProxy, APP_PASSWORD, APP_USER};
 use mirrorpool::{
     Blocked, Builder, GetError, Health, Lag, ManageConnection, PooledConnection, Refusal, Role,
     Side,
@@ -1312,4 +1312,55 @@ fn build_checked_names_wrong_credentials_unreachable_sides_one_server_twice_stra
         }
         other => panic!("expected MissingPrivilege, got {other:?}"),
     }
+}
+
+#[test]
+fn a_primary_at_its_connection_limit_is_saturated_not_down_and_writers_stay() {
+    let _ = env_logger::builder().is_test(true).try_init();
+    let pair = pair(false, Grants::none());
+    let pool = pool(&pair, builder().max_size(4).min_idle(4));
+    both_up(&pool);
+    assert!(wait_until(LONG, || pool.status().primary.idle >= 4));
+    let writers = Writers::start(&pool, 2);
+    writers.expect_acks(Side::Primary, None, 5, &pool);
+    // The role may open no new connection (PostgreSQL answers 53300); the ones open work on.
+    // Then the heartbeat loses its session and cannot open another.
+    pair.primary()
+        .execute(&format!("ALTER ROLE {APP_USER} CONNECTION LIMIT 0"))
+        .expect("limit");
+    let killed = pair
+        .primary()
+        .query_one_i64(&format!(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+             WHERE usename = '{APP_USER}' AND query LIKE '%AS sees_replication%' \
+             AND pid <> pg_backend_pid()"
+        ))
+        .expect("terminate the heartbeat session");
+    assert!(
+        killed >= 1,
+        "found the heartbeat session among {} sessions of {APP_USER}",
+        pair.primary()
+            .query_one_i64(&format!(
+                "SELECT count(*) FROM pg_stat_activity WHERE usename = '{APP_USER}'"
+            ))
+            .unwrap_or(-1)
+    );
+    assert!(
+        wait_until(LONG, || pool.status().primary.saturated),
+        "{:?}",
+        pool.status()
+    );
+    let since = Instant::now();
+    thread::sleep(Duration::from_secs(2));
+    let status = pool.status();
+    assert_eq!(status.active, Side::Primary, "{status:?}");
+    assert_eq!(status.primary.health, Health::Up, "{status:?}");
+    assert_eq!(status.switches, 0, "a full primary is not failed over from");
+    writers.expect_acks(Side::Primary, Some(since), 20, &pool);
+    pair.primary()
+        .execute(&format!("ALTER ROLE {APP_USER} CONNECTION LIMIT -1"))
+        .expect("unlimit");
+    assert!(wait_until(LONG, || !pool.status().primary.saturated));
+    let outcome = writers.stop();
+    assert!(outcome.get_errors.is_empty(), "{:?}", outcome.get_errors);
 }
