@@ -128,6 +128,8 @@ mod gtid;
 mod manager;
 mod status;
 
+#[cfg(test)]
+mod tests;
 
 pub use backend::MysqlBackend;
 pub use connection::{Flavor, MyConnection, Server};
