@@ -85,8 +85,10 @@ impl fmt::Display for Server {
 ///
 /// Tell the pool about errors you get on it (`PooledConnection::report(&mut conn, &err)`): a
 /// statement that failed on a read or write timeout leaves the connection out of step with
-/// the server, and only a reported error (or a session reset on return) closes such a
-/// connection before the next borrower would read the old answer.
+/// the server. The manager's `has_broken` recognises most such connections without a round
+/// trip (the server closed the socket or wrote to it unasked; on Linux, the last data on the
+/// socket was sent, not received), but a reported error is certain to close it before the next
+/// borrower could read the old answer.
 pub struct MyConnection {
     conn: Conn,
     fd: RawFd,
@@ -188,36 +190,84 @@ impl MyConnection {
         result
     }
 
-    /// Whether the server closed the connection or sent something unasked, seen without a
-    /// round trip: a MySQL or MariaDB server sends nothing on an idle connection unless it
-    /// is closing it (`wait_timeout`, `KILL`, shutdown: an error packet and/or FIN/RST), so a
-    /// readable or hung-up socket means the connection is done.
-    pub(crate) fn peer_closed(&self) -> bool {
-        #[cfg(any(target_os = "linux", target_os = "android"))]
-        let events = libc::POLLIN | libc::POLLPRI | libc::POLLRDHUP;
-        #[cfg(not(any(target_os = "linux", target_os = "android")))]
-        let events = libc::POLLIN | libc::POLLPRI;
-        let mut pfd = libc::pollfd {
-            fd: self.fd,
-            events,
-            revents: 0,
-        };
-        for _ in 0..3 {
-            // SAFETY: `pfd` is one valid pollfd; the fd is open while `self.conn` lives, and a
-            // zero timeout never blocks.
-            let n = unsafe { libc::poll(&mut pfd, 1, 0) };
-            if n == 0 {
-                return false;
-            }
-            if n > 0 {
-                return pfd.revents != 0;
-            }
-            if io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
-                return true;
-            }
-        }
-        true
+    /// Whether the connection is out of use, seen without a round trip: the server closed it
+    /// or sent something unasked (a MySQL or MariaDB server sends nothing on an idle
+    /// connection unless it is closing it — `wait_timeout`, `KILL`, shutdown: an error packet
+    /// and/or FIN/RST — so a readable or hung-up socket means the connection is done), or a
+    /// statement was abandoned before the server answered it.
+    pub(crate) fn out_of_step(&self) -> bool {
+        self.peer_closed() || answer_owed(self.fd)
     }
+
+    fn peer_closed(&self) -> bool {
+        // The fd is open while `self.conn` lives.
+        readable_or_closed(self.fd)
+    }
+}
+
+/// Whether a zero-timeout `poll(2)` shows `fd` readable, hung up or in error.
+fn readable_or_closed(fd: RawFd) -> bool {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    let events = libc::POLLIN | libc::POLLPRI | libc::POLLRDHUP;
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    let events = libc::POLLIN | libc::POLLPRI;
+    let mut pfd = libc::pollfd {
+        fd,
+        events,
+        revents: 0,
+    };
+    for _ in 0..3 {
+        // SAFETY: `pfd` is one valid pollfd and a zero timeout never blocks; a closed fd is
+        // reported in `revents` (POLLNVAL), not undefined behaviour.
+        let n = unsafe { libc::poll(&mut pfd, 1, 0) };
+        if n == 0 {
+            return false;
+        }
+        if n > 0 {
+            return pfd.revents != 0;
+        }
+        if io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+            return true;
+        }
+    }
+    true
+}
+
+/// Whether the last thing on this TCP connection was data sent that no data answered (the
+/// kernel's last-send time is newer than its last-receive time): a statement its caller
+/// abandoned on a read timeout before the server answered anything — the one case in which
+/// the late answer would start with the packet number a next command expects, and be taken
+/// for that command's answer. (An answer cut short after its first packet makes the next
+/// command fail with "packets out of sync" instead, and its rest makes the socket readable.)
+///
+/// The kernel keeps both times in ticks (1–10 ms): a statement sent within a tick of the
+/// previous answer is not told apart. A MySQL client sends without awaiting an answer only
+/// `COM_STMT_CLOSE` (an explicit `Conn::close` as the last call reads as abandoned: the
+/// connection is closed, no harm done) and `COM_QUIT`. Not a TCP socket, or not Linux:
+/// `false`.
+#[cfg(target_os = "linux")]
+fn answer_owed(fd: RawFd) -> bool {
+    // SAFETY: tcp_info is plain integers, for which all zeroes is a valid value.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: `info` is writable for `len` bytes; the kernel writes at most `len` and returns
+    // how many it wrote; a bad or non-TCP fd is an error return.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&mut info as *mut libc::tcp_info).cast(),
+            &mut len,
+        )
+    };
+    // The two fields sit in the first 64 bytes, which every kernel with TCP_INFO fills.
+    rc == 0 && len >= 64 && info.tcpi_last_data_sent < info.tcpi_last_data_recv
+}
+
+#[cfg(not(target_os = "linux"))]
+fn answer_owed(_fd: RawFd) -> bool {
+    false
 }
 
 /// Whether an error leaves the connection it happened on unusable.
@@ -355,6 +405,48 @@ mod tests {
         assert_eq!(Server::parse("weird").version(), (0, 0, 0));
         assert_eq!(Server::parse("").flavor(), Flavor::MySql);
         assert_eq!(m.to_string(), "MariaDB 10.11.19");
+    }
+
+    #[test]
+    fn sockets_tell_closed_unasked_and_unanswered() {
+        use std::io::{Read, Write};
+        use std::net::{TcpListener, TcpStream};
+        use std::thread::sleep;
+        let gap = Duration::from_millis(30);
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (mut server, _) = listener.accept().unwrap();
+        let fd = client.as_raw_fd();
+        sleep(gap);
+        assert!(!readable_or_closed(fd));
+        assert!(!answer_owed(fd));
+        // A request the server has not answered yet.
+        client.write_all(b"request").unwrap();
+        sleep(gap);
+        #[cfg(target_os = "linux")]
+        assert!(answer_owed(fd));
+        // Answered.
+        let mut buf = [0u8; 7];
+        server.read_exact(&mut buf).unwrap();
+        server.write_all(b"answer").unwrap();
+        sleep(gap);
+        let mut buf = [0u8; 6];
+        client.read_exact(&mut buf).unwrap();
+        assert!(!answer_owed(fd));
+        assert!(!readable_or_closed(fd));
+        // Something unasked.
+        server.write_all(b"!").unwrap();
+        sleep(gap);
+        assert!(readable_or_closed(fd));
+        let mut one = [0u8; 1];
+        client.read_exact(&mut one).unwrap();
+        assert!(!readable_or_closed(fd));
+        // Closed by the server.
+        drop(server);
+        sleep(gap);
+        assert!(readable_or_closed(fd));
+        // Not a TCP socket: never "owed".
+        assert!(!answer_owed(-1));
     }
 
     #[test]

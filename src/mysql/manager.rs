@@ -274,7 +274,7 @@ impl r2d2::ManageConnection for MysqlManager {
     }
 
     fn has_broken(&self, conn: &mut MyConnection) -> bool {
-        conn.is_broken() || conn.peer_closed()
+        conn.is_broken() || conn.out_of_step()
     }
 }
 
