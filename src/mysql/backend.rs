@@ -42,6 +42,9 @@ pub(crate) fn classify(error: &mysql::Error) -> Fault {
     }
 }
 
+/// What promotion statements are called in errors and logs.
+const PROMOTION: &str = "promotion";
+
 const DAY: Duration = Duration::from_secs(24 * 60 * 60);
 
 fn deadline_after(timeout: Duration) -> Instant {
@@ -154,7 +157,15 @@ fn query_sets(
         return Err(timed_out(what));
     }
     conn.bound(left)?;
-    let out = collect(conn.conn_mut(), fd, sql, deadline, what).map_err(|e| {
+    let started = Instant::now();
+    let out = collect(conn.conn_mut(), fd, sql, deadline, what);
+    let level = if what == PROMOTION {
+        log::Level::Debug
+    } else {
+        log::Level::Trace
+    };
+    log::log!(level, "{what}: `{sql}` took {:?}", started.elapsed());
+    let out = out.map_err(|e| {
         // A socket timeout reads as "Resource temporarily unavailable": say what it was.
         if is_timeout(&e) {
             timed_out(what)
@@ -171,7 +182,7 @@ fn query_sets(
 
 /// Runs statements that return nothing of interest; the first error is the result.
 fn exec(conn: &mut MyConnection, sql: &str, deadline: Instant) -> Result<(), mysql::Error> {
-    for set in query_sets(conn, sql, deadline, "promotion")? {
+    for set in query_sets(conn, sql, deadline, PROMOTION)? {
         set?;
     }
     Ok(())
@@ -183,7 +194,7 @@ fn scalar(
     sql: &str,
     deadline: Instant,
 ) -> Result<Option<String>, mysql::Error> {
-    let mut sets = query_sets(conn, sql, deadline, "promotion")?.into_iter();
+    let mut sets = query_sets(conn, sql, deadline, PROMOTION)?.into_iter();
     let rows = sets.next().unwrap_or(Ok(Vec::new()))?;
     Ok(rows
         .into_iter()
@@ -499,7 +510,7 @@ fn replica_state(
     d: Dialect,
     deadline: Instant,
 ) -> Result<ReplicaState, BackendError> {
-    let mut sets = query_sets(conn, &d.replica_state(), deadline, "promotion")?.into_iter();
+    let mut sets = query_sets(conn, &d.replica_state(), deadline, PROMOTION)?.into_iter();
     let vars = sets.next().unwrap_or(Ok(Vec::new()))?;
     let vars = vars.into_iter().next().unwrap_or_default();
     let read_only = flag(get(&vars, &["read_only"])) != Some(false)
