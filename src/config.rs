@@ -384,9 +384,10 @@ impl<M: ManageConnection> Builder<M> {
     }
 
     /// The pool does not fail over to a mirror that would lose more than this: for
-    /// [`Lag::Bytes`] the primary's last reported position against what the mirror has
-    /// replayed now (so the gate reopens once the mirror catches up after its primary died);
-    /// for [`Lag::Time`] and [`Lag::Transactions`] the mirror's own fresh report. An unknown lag
+    /// [`Lag::Bytes`] and [`Lag::Transactions`] the primary's last reported position against
+    /// what the mirror has applied now (so the gate reopens once the mirror catches up after
+    /// its primary died; for transactions, without the primary's position, the mirror's own
+    /// count of unapplied transactions); for [`Lag::Time`] the mirror's own fresh report. An unknown lag
     /// refuses too. The backend must measure that kind ([`Capabilities`]), or `build` fails.
     /// Default: `None` (no limit).
     pub fn max_failover_lag(mut self, limit: Option<Lag>) -> Self {

@@ -30,9 +30,16 @@
 //! # }
 //! ```
 //!
-//! Where things live: the failover decision is a pure state machine in `policy.rs` (no I/O,
-//! no clock reads); `monitor.rs` is the thread that feeds it and carries out its actions;
-//! `subpool.rs` holds one side's connections; `pool.rs` the handle and the connection guard.
+//! Where things live:
+//! - the failover decision: `policy.rs`, a pure state machine (observations and the time in,
+//!   actions out; no I/O, no clock, no sleep), tested by a simulator in `policy/tests.rs`;
+//! - the runtime that carries the actions out: `monitor.rs` (one thread), `prober.rs`
+//!   (heartbeats and promotions on their own threads), `report.rs` (logs and events, isolated
+//!   from panicking handlers);
+//! - connections: `subpool.rs` (one side's pool), `pool.rs` (the handle and the guard),
+//!   `shared.rs` (routing, the one truth of where writers go);
+//! - each database in its own folder (`postgres/`), behind the [`backend::Backend`] trait;
+//! - the public types: [`backend`] for implementors, [`event`] for handlers.
 #![deny(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![warn(rust_2018_idioms)]
@@ -51,6 +58,7 @@ mod policy;
 mod pool;
 mod prober;
 mod report;
+mod sever;
 mod shared;
 mod side;
 mod status;

@@ -204,6 +204,7 @@ impl<M: ManageConnection> Monitor<M> {
                         s.last_heartbeat = Some(now);
                         match result {
                             Ok(obs) => {
+                                let obs = *obs;
                                 log::trace!("heartbeat {side}: up ({}) in {rtt:?}", obs.role());
                                 s.last_rtt = Some(rtt);
                                 s.observe(&obs);

@@ -39,7 +39,7 @@ pub(crate) enum Reply {
     Probe {
         side: Side,
         seq: u64,
-        result: Result<Observation, Cause>,
+        result: Result<Box<Observation>, Cause>,
         /// The heartbeat could not open its connection because the server refuses new ones
         /// (too many connections), while the side answered: on a pool connection it borrowed
         /// (then `result` is that answer), or with a server error saying so.
@@ -335,7 +335,7 @@ impl<M: ManageConnection> Worker<M> {
                     let (result, saturated) = match self
                         .with_conn(&mut hb, true, |c| s.backend.probe(&s.manager, c, s.timeout))
                     {
-                        Ok((obs, saturated)) => (Ok(obs), saturated),
+                        Ok((obs, saturated)) => (Ok(Box::new(obs)), saturated),
                         Err(f) => (Err(f.cause), f.saturated),
                     };
                     Reply::Probe {

@@ -3,26 +3,34 @@
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 mod common;
 
 use common::wait_until;
+use common::SilentServer;
+use mirrorpool::backend::{Access, Backend, Fault, Observation, Upstream};
 use mirrorpool::event::SwitchReason;
-use mirrorpool::postgres::{PostgresManager, PostgresPool};
-use mirrorpool::testkit::{PgPair, ProxyMode, TcpProxy, APP_PASSWORD};
-use mirrorpool::{Blocked, Builder, GetError, Health, Lag, PooledConnection, Refusal, Role, Side};
+use mirrorpool::postgres::{PostgresBackend, PostgresManager, PostgresPool};
+use mirrorpool::testkit::{Grants, PgPair, ProxyMode, TcpProxy, APP_PASSWORD, APP_USER};
+use mirrorpool::{
+    Blocked, Builder, GetError, Health, Lag, ManageConnection, PooledConnection, Refusal, Role,
+    Side,
+};
 use postgres::NoTls;
 
 const LONG: Duration = Duration::from_secs(30);
 
-/// A pair with a table for writers. Fails with the testkit's message (naming the packages to
-/// install) if PostgreSQL is missing.
-fn pair(synchronous: bool) -> PgPair {
+/// A pair with a table for writers, used by the least-privilege application role with exactly
+/// `grants` (promotion tests: `Grants::all()`, since promoting needs EXECUTE on pg_promote and
+/// confirming the primary's failure needs pg_monitor). Fails with the testkit's message
+/// (naming the packages to install) if PostgreSQL is missing.
+fn pair(synchronous: bool, grants: Grants) -> PgPair {
     let pair = PgPair::builder()
         .synchronous(synchronous)
+        .app_grants(grants)
         .start()
         .unwrap_or_else(|e| panic!("cannot start a PostgreSQL pair: {e}"));
     pair.primary()
@@ -198,7 +206,7 @@ fn rows(server: &mirrorpool::testkit::PgServer) -> HashSet<(i32, i64)> {
 
 #[test]
 fn sigkill_of_the_primary_promotes_the_mirror_loses_no_acknowledged_write_and_fails_no_get() {
-    let pair = pair(true);
+    let pair = pair(true, Grants::all());
     let pool = pool(&pair, builder().promote_on_failover(true));
     both_up(&pool);
     let writers = Writers::start(&pool, 8);
@@ -248,7 +256,7 @@ fn sigkill_of_the_primary_promotes_the_mirror_loses_no_acknowledged_write_and_fa
 
 #[test]
 fn immediate_shutdown_of_the_primary_fails_over() {
-    let pair = pair(false);
+    let pair = pair(false, Grants::all());
     let pool = pool(&pair, builder().promote_on_failover(true));
     both_up(&pool);
     let writers = Writers::start(&pool, 4);
@@ -263,7 +271,7 @@ fn immediate_shutdown_of_the_primary_fails_over() {
 
 #[test]
 fn a_hung_primary_is_switched_away_from_and_fenced_when_it_resumes() {
-    let pair = pair(false);
+    let pair = pair(false, Grants::all());
     let pool = pool(&pair, builder().promote_on_failover(true));
     both_up(&pool);
     let writers = Writers::start(&pool, 4);
@@ -334,7 +342,7 @@ fn writers_left_and_came_back(pool: &PostgresPool<NoTls>) {
 
 #[test]
 fn a_black_holed_primary_is_not_promoted_over_while_the_mirror_still_streams_from_it() {
-    let pair = pair(false);
+    let pair = pair(false, Grants::all());
     let proxy = TcpProxy::start(([127, 0, 0, 1], pair.primary().port()).into()).unwrap();
     let pool = pool_on(&pair, proxy.port(), builder().promote_on_failover(true));
     both_up(&pool);
@@ -383,7 +391,7 @@ fn a_black_holed_primary_is_not_promoted_over_while_the_mirror_still_streams_fro
 
 #[test]
 fn an_isolated_primary_black_holed_for_everyone_is_switched_away_from_within_seconds() {
-    let pair = pair(false);
+    let pair = pair(false, Grants::all());
     // Route the mirror's replication through a second proxy, so one cut isolates the primary.
     let app_proxy = TcpProxy::start(([127, 0, 0, 1], pair.primary().port()).into()).unwrap();
     let repl_proxy = TcpProxy::start(([127, 0, 0, 1], pair.primary().port()).into()).unwrap();
@@ -415,7 +423,7 @@ fn an_isolated_primary_black_holed_for_everyone_is_switched_away_from_within_sec
 
 #[test]
 fn a_cut_network_without_promotion_blocks_writers_with_a_clear_error_and_recovers() {
-    let pair = pair(false);
+    let pair = pair(false, Grants::none());
     let proxy = TcpProxy::start(([127, 0, 0, 1], pair.primary().port()).into()).unwrap();
     let pool = pool_on(
         &pair,
@@ -459,7 +467,7 @@ fn a_cut_network_without_promotion_blocks_writers_with_a_clear_error_and_recover
 
 #[test]
 fn a_restarted_primary_is_served_again_when_nobody_promoted() {
-    let pair = pair(false);
+    let pair = pair(false, Grants::none());
     let pool = pool(&pair, builder());
     both_up(&pool);
     let writers = Writers::start(&pool, 4);
@@ -477,7 +485,7 @@ fn a_restarted_primary_is_served_again_when_nobody_promoted() {
 
 #[test]
 fn an_external_promotion_is_followed_without_the_pool_promoting() {
-    let pair = pair(false);
+    let pair = pair(false, Grants::none());
     let pool = pool(&pair, builder());
     both_up(&pool);
     let writers = Writers::start(&pool, 4);
@@ -502,7 +510,7 @@ fn an_external_promotion_is_followed_without_the_pool_promoting() {
 
 #[test]
 fn a_dead_mirror_with_a_healthy_primary_causes_no_switch() {
-    let pair = pair(false);
+    let pair = pair(false, Grants::all());
     let pool = pool(&pair, builder().promote_on_failover(true));
     both_up(&pool);
     let writers = Writers::start(&pool, 4);
@@ -527,7 +535,7 @@ fn a_dead_mirror_with_a_healthy_primary_causes_no_switch() {
 
 #[test]
 fn with_both_down_get_names_both_sides_and_the_pool_recovers_when_one_returns() {
-    let pair = pair(false);
+    let pair = pair(false, Grants::none());
     let pool = pool(&pair, builder());
     both_up(&pool);
     let writers = Writers::start(&pool, 4);
@@ -554,7 +562,7 @@ fn with_both_down_get_names_both_sides_and_the_pool_recovers_when_one_returns() 
 
 #[test]
 fn the_lag_gate_refuses_to_promote_a_mirror_that_is_far_behind() {
-    let pair = pair(false);
+    let pair = pair(false, Grants::all());
     let pool = pool(
         &pair,
         builder()
@@ -605,7 +613,7 @@ fn the_lag_gate_refuses_to_promote_a_mirror_that_is_far_behind() {
 
 #[test]
 fn after_a_promotion_a_restarted_old_primary_is_fenced_and_reported() {
-    let pair = pair(false);
+    let pair = pair(false, Grants::all());
     let pool = pool(
         &pair,
         builder()
@@ -660,7 +668,7 @@ fn after_a_promotion_a_restarted_old_primary_is_fenced_and_reported() {
 
 #[test]
 fn repeated_switches_under_load_leak_no_server_connections() {
-    let pair = pair(false);
+    let pair = pair(false, Grants::none());
     // Role-blind backend so switches can go both ways on a healthy pair (reads only).
     let max = 4u32;
     // Generous heartbeat bounds: this test is about connection accounting, and a starved
@@ -732,7 +740,7 @@ fn repeated_switches_under_load_leak_no_server_connections() {
 
 #[test]
 fn wrong_credentials_and_unreachable_hosts_are_clear_errors_without_secrets() {
-    let pair = pair(false);
+    let pair = pair(false, Grants::none());
     let mut wrong = pair.primary().app_config();
     wrong.password("not-the-password");
     let pool = mirrorpool::postgres::builder()
@@ -767,7 +775,7 @@ fn wrong_credentials_and_unreachable_hosts_are_clear_errors_without_secrets() {
 
 #[test]
 fn reset_on_return_discards_session_state() {
-    let pair = pair(false);
+    let pair = pair(false, Grants::none());
     let pool = pool(
         &pair,
         builder()
@@ -796,7 +804,7 @@ fn reset_on_return_discards_session_state() {
 
 #[test]
 fn status_reports_roles_timelines_and_replication() {
-    let pair = pair(true);
+    let pair = pair(true, Grants::none().replication_status(true));
     let pool = pool(&pair, builder());
     both_up(&pool);
     assert!(
@@ -827,7 +835,7 @@ fn status_reports_roles_timelines_and_replication() {
 
 #[test]
 fn two_pools_on_one_cluster_promote_once_and_both_follow() {
-    let pair = pair(true);
+    let pair = pair(true, Grants::all());
     let a = pool(&pair, builder().promote_on_failover(true));
     let b = pool(&pair, builder().promote_on_failover(true));
     both_up(&a);
@@ -865,4 +873,494 @@ fn two_pools_on_one_cluster_promote_once_and_both_follow() {
         assert_eq!(s.active, Side::Mirror);
         assert_eq!(s.mirror.epoch, Some(2));
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bounded calls: connects, resets and promotions never wait forever on a silent server.
+
+#[test]
+fn a_connect_to_a_server_that_accepts_but_never_answers_fails_within_the_connect_timeout() {
+    let _ = env_logger::builder().is_test(true).try_init();
+    let silent = SilentServer::start();
+    let timeout = Duration::from_millis(500);
+    let manager = silent.manager(timeout);
+    let (tx, rx) = mpsc::channel();
+    let started = Instant::now();
+    thread::spawn(move || {
+        let result = manager.connect().map(|_| ()).map_err(|e| e.to_string());
+        let _ = tx.send((result, started.elapsed()));
+    });
+    let (result, took) = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the connect returned");
+    assert!(result.is_err(), "{result:?}");
+    eprintln!("connect to a silent server failed after {took:?}: {result:?}");
+    assert!(took >= timeout, "{took:?}");
+    assert!(took < timeout + Duration::from_millis(1500), "{took:?}");
+}
+
+#[test]
+fn returning_a_connection_to_a_hung_server_with_reset_on_return_takes_at_most_the_reset_timeout() {
+    let _ = env_logger::builder().is_test(true).try_init();
+    let pair = pair(false, Grants::none());
+    let reset_timeout = Duration::from_millis(300);
+    let pool = builder()
+        .max_size(2)
+        .min_idle(1)
+        .mirror_min_idle(1)
+        .reset_on_return(true)
+        // This test is about the returning thread, not about failing over.
+        .failure_threshold(1000)
+        .build(
+            PostgresManager::new(pair.primary().app_config(), NoTls).reset_timeout(reset_timeout),
+            PostgresManager::new(pair.mirror().app_config(), NoTls),
+        )
+        .expect("valid configuration");
+    let conn = pool.get().unwrap();
+    assert_eq!(PooledConnection::side(&conn), Side::Primary);
+    assert!(conn.severable());
+    let guard = pair.primary().pause_guard().unwrap();
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        let started = Instant::now();
+        drop(conn);
+        let _ = tx.send(started.elapsed());
+    });
+    let took = rx.recv_timeout(Duration::from_secs(10));
+    drop(guard);
+    let took = took.expect("the returning thread was released");
+    eprintln!("returning a connection to a hung server took {took:?}");
+    assert!(took >= reset_timeout, "{took:?}");
+    assert!(
+        took < reset_timeout + Duration::from_millis(1200),
+        "{took:?}"
+    );
+}
+
+#[test]
+fn a_promotion_that_does_not_finish_in_time_fails_with_a_plain_error() {
+    let pair = pair(false, Grants::all());
+    // Stop the mirror's startup process: pg_promote() is accepted, recovery never ends.
+    let startup: Vec<u32> = pair
+        .mirror()
+        .child_pids()
+        .into_iter()
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/cmdline"))
+                .is_ok_and(|c| c.contains("startup"))
+        })
+        .collect();
+    assert_eq!(startup.len(), 1, "{startup:?}");
+    let signal = |sig: &str| {
+        let ok = std::process::Command::new("kill")
+            .args([sig, &startup[0].to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill {sig}");
+    };
+    signal("-STOP");
+    let manager = PostgresManager::new(pair.mirror().app_config(), NoTls);
+    let mut conn = manager.connect().unwrap();
+    let started = Instant::now();
+    let result = PostgresBackend.promote(&manager, &mut conn, Duration::from_millis(300));
+    let took = started.elapsed();
+    signal("-CONT");
+    let err = result.unwrap_err().to_string();
+    assert!(
+        err.starts_with("the promoted server was still in recovery at the promotion timeout"),
+        "{err}"
+    );
+    assert!(took < Duration::from_secs(3), "{took:?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// What a heartbeat reports, as a least-privilege role and with each grant.
+
+fn observe(config: postgres::Config) -> Observation {
+    let manager = PostgresManager::new(config, NoTls);
+    let mut conn = manager.connect().expect("connect");
+    PostgresBackend
+        .probe(&manager, &mut conn, Duration::from_secs(5))
+        .expect("heartbeat")
+}
+
+fn upstream(obs: &Observation) -> Upstream {
+    obs.replication()
+        .and_then(|r| r.upstream)
+        .expect("a replica reports its upstream")
+}
+
+#[test]
+fn heartbeats_say_what_the_role_cannot_see_instead_of_reporting_it_as_false() {
+    let pair = pair(false, Grants::none());
+    pair.create_role("monitor", Grants::none().replication_status(true))
+        .unwrap();
+    pair.create_role("promoter", Grants::none().promote(true))
+        .unwrap();
+    let (primary, mirror) = (pair.primary(), pair.mirror());
+
+    // No pg_monitor: the WAL receiver's state is unknown, not "stopped".
+    let m = observe(mirror.app_config());
+    assert_eq!(m.role(), Role::ReadOnly);
+    assert_eq!(upstream(&m).streaming, None, "{m:?}");
+    assert_eq!(upstream(&m).silence, None, "{m:?}");
+    let denied = |a: Access, what: &str| matches!(a, Access::Denied(t) if t.contains(what));
+    assert!(
+        denied(m.privileges().replication_status, "GRANT pg_monitor"),
+        "{m:?}"
+    );
+    assert!(denied(m.privileges().promote, "pg_promote"), "{m:?}");
+    let p = observe(primary.app_config());
+    let r = p.replication().copied().unwrap_or_default();
+    assert_eq!(r.replicas_attached, None, "{p:?}");
+    assert_eq!(r.lag_bytes, None, "{p:?}");
+
+    // With pg_monitor: streaming, and the primary sees its replica.
+    let m = observe(mirror.role_config("monitor"));
+    assert_eq!(upstream(&m).streaming, Some(true), "{m:?}");
+    assert!(upstream(&m).silence.is_some(), "{m:?}");
+    assert_eq!(m.privileges().replication_status, Access::Granted);
+    assert!(denied(m.privileges().promote, "pg_promote"), "{m:?}");
+    let p = observe(primary.role_config("monitor"));
+    assert_eq!(
+        p.replication().and_then(|r| r.replicas_attached),
+        Some(1),
+        "{p:?}"
+    );
+
+    // With EXECUTE on pg_promote only.
+    let m = observe(mirror.role_config("promoter"));
+    assert_eq!(m.privileges().promote, Access::Granted);
+    assert!(denied(m.privileges().replication_status, "pg_monitor"));
+    assert_eq!(upstream(&m).streaming, None);
+
+    // A receiver that is not running is "not streaming" for every role: no row is visible.
+    pair.primary().kill().unwrap();
+    assert!(
+        wait_until(LONG, || upstream(&observe(mirror.app_config())).streaming
+            == Some(false)),
+        "the mirror still reports a receiver"
+    );
+}
+
+#[test]
+fn heartbeats_tell_the_servers_of_a_pair_apart_and_recognise_one_server_reached_twice() {
+    let pair = pair(false, Grants::none());
+    let proxy = TcpProxy::start(([127, 0, 0, 1], pair.primary().port()).into()).unwrap();
+    let direct = observe(pair.primary().app_config())
+        .identity()
+        .expect("identity");
+    let proxied = observe(pair.primary().app_config_on_port(proxy.port()))
+        .identity()
+        .expect("identity");
+    let mirror = observe(pair.mirror().app_config())
+        .identity()
+        .expect("identity");
+    assert_eq!(direct, proxied, "one server reached twice");
+    assert_ne!(direct.instance, mirror.instance, "two servers");
+    // A replica belongs to its primary's cluster (pg_control_system() is readable by default).
+    assert!(direct.cluster.is_some());
+    assert_eq!(direct.cluster, mirror.cluster);
+    // An unrelated cluster differs.
+    let other = self::pair(false, Grants::none());
+    let stranger = observe(other.primary().app_config())
+        .identity()
+        .expect("identity");
+    assert_ne!(stranger.cluster, direct.cluster);
+    assert_ne!(stranger.instance, direct.instance);
+}
+
+#[test]
+fn the_reported_wal_position_grows_with_writes_and_the_mirror_replays_up_to_it() {
+    let pair = pair(false, Grants::none());
+    let position = |config| {
+        observe(config)
+            .replication()
+            .and_then(|r| r.position)
+            .expect("a position")
+    };
+    let before = position(pair.primary().app_config());
+    let mut app = pair.primary().app_config().connect(NoTls).unwrap();
+    app.execute(
+        "INSERT INTO t SELECT 1, g FROM generate_series(1, 1000) g",
+        &[],
+    )
+    .unwrap();
+    let after = position(pair.primary().app_config());
+    assert!(after > before + 1000, "{before} -> {after}");
+    assert!(
+        wait_until(LONG, || position(pair.mirror().app_config()) >= after),
+        "the mirror did not replay up to {after}"
+    );
+}
+
+#[test]
+fn too_many_connections_is_classified_as_capacity_not_failure() {
+    let pair = PgPair::builder()
+        .setting("max_connections", "6")
+        .setting("superuser_reserved_connections", "3")
+        .start()
+        .unwrap_or_else(|e| panic!("cannot start a PostgreSQL pair: {e}"));
+    let mut held = Vec::new();
+    let err = loop {
+        match pair.primary().app_config().connect(NoTls) {
+            Ok(c) => held.push(c),
+            Err(e) => break e,
+        }
+        assert!(held.len() < 10, "the connection limit was not enforced");
+    };
+    assert_eq!(
+        Backend::<PostgresManager<NoTls>>::classify(&PostgresBackend, &err),
+        Fault::TooManyConnections,
+        "{err:?}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Least privilege: what the pool does and says when the role lacks a grant.
+
+/// Whether `problems` holds a missing privilege whose text mentions `grant`.
+fn names_missing(problems: &[Refusal], grant: &str) -> bool {
+    problems
+        .iter()
+        .any(|p| matches!(p, Refusal::MissingPrivilege { what, .. } if what.contains(grant)))
+}
+
+#[test]
+fn a_role_that_cannot_see_replication_never_promotes_over_a_hung_primary_and_names_the_grant() {
+    // The mirror's receiver keeps its (hidden) row for the whole test: it would give up on the
+    // stopped primary only after a minute. Only pg_promote is granted.
+    let pair = PgPair::builder()
+        .app_grants(Grants::none().promote(true))
+        .setting("wal_receiver_timeout", "60s")
+        .start()
+        .unwrap_or_else(|e| panic!("cannot start a PostgreSQL pair: {e}"));
+    let pool = pool(&pair, builder().promote_on_failover(true));
+    both_up(&pool);
+    let guard = pair.primary().pause_guard().unwrap();
+    let paused = Instant::now();
+    let refused_for_pg_monitor = |s: &mirrorpool::Status| {
+        matches!(s.blocked, Some(Blocked::Refused(Refusal::MissingPrivilege { side: Side::Mirror, what }))
+            if what.contains("pg_monitor"))
+    };
+    assert!(
+        wait_until(LONG, || refused_for_pg_monitor(&pool.status())),
+        "{:?}",
+        pool.status()
+    );
+    let err = pool
+        .get_timeout(Duration::from_millis(300))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("GRANT pg_monitor"), "{err}");
+    // Still refused seconds later, and the mirror was never promoted.
+    while paused.elapsed() < Duration::from_secs(6) {
+        let s = pool.status();
+        assert_ne!(s.mirror.role, Role::Writable, "{s:?}");
+        assert!(!matches!(s.blocked, Some(Blocked::Promoting(_))), "{s:?}");
+        thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        refused_for_pg_monitor(&pool.status()),
+        "{:?}",
+        pool.status()
+    );
+    assert_eq!(
+        pair.mirror()
+            .query_one_i64("SELECT pg_is_in_recovery()::int")
+            .unwrap(),
+        1,
+        "the mirror was promoted"
+    );
+    drop(guard);
+}
+
+#[test]
+fn a_role_without_execute_on_pg_promote_is_reported_at_start_and_named_when_writers_wait() {
+    let pair = pair(false, Grants::none().replication_status(true));
+    let built = Instant::now();
+    let pool = pool(&pair, builder().promote_on_failover(true));
+    assert!(
+        wait_until(Duration::from_secs(2), || names_missing(
+            &pool.status().mirror.problems,
+            "pg_promote"
+        )),
+        "{:?}",
+        pool.status()
+    );
+    eprintln!(
+        "missing EXECUTE on pg_promote reported {:?} after build",
+        built.elapsed()
+    );
+    both_up(&pool);
+    pair.primary().kill().unwrap();
+    assert!(
+        wait_until(LONG, || matches!(
+            pool.status().blocked,
+            Some(Blocked::Refused(Refusal::MissingPrivilege { side: Side::Mirror, what }))
+                if what.contains("pg_promote")
+        )),
+        "{:?}",
+        pool.status()
+    );
+    let err = pool
+        .get_timeout(Duration::from_millis(300))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("pg_promote"), "{err}");
+    assert_eq!(
+        pair.mirror()
+            .query_one_i64("SELECT pg_is_in_recovery()::int")
+            .unwrap(),
+        1
+    );
+}
+
+#[test]
+fn build_checked_names_wrong_credentials_unreachable_sides_one_server_twice_strangers_and_missing_grants(
+) {
+    use mirrorpool::BuildError;
+    let pair = pair(false, Grants::none());
+    let checked = |b: Builder<PostgresManager<NoTls>>, p: postgres::Config, m: postgres::Config| {
+        b.connection_timeout(Duration::from_secs(10))
+            .build_checked(
+                PostgresManager::new(p, NoTls),
+                PostgresManager::new(m, NoTls),
+            )
+            .map(|_| ())
+    };
+    let (primary, mirror) = (pair.primary(), pair.mirror());
+
+    // The healthy pair passes (no feature that needs a grant is on).
+    checked(builder(), primary.app_config(), mirror.app_config()).expect("a healthy pair");
+
+    let mut wrong = primary.app_config();
+    wrong.password("not-the-password");
+    match checked(builder(), wrong, mirror.app_config()) {
+        Err(
+            e @ BuildError::Unreachable {
+                side: Side::Primary,
+                ..
+            },
+        ) => {
+            let chain = format!("{e} {:?}", std::error::Error::source(&e));
+            assert!(chain.contains("password authentication failed"), "{chain}");
+            assert!(!chain.contains("not-the-password"), "{chain}");
+        }
+        other => panic!("expected Unreachable(primary), got {other:?}"),
+    }
+
+    let nobody = std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap();
+    let closed_port = nobody.local_addr().unwrap().port();
+    drop(nobody);
+    match checked(
+        builder(),
+        primary.app_config(),
+        mirror.app_config_on_port(closed_port),
+    ) {
+        Err(BuildError::Unreachable {
+            side: Side::Mirror, ..
+        }) => {}
+        other => panic!("expected Unreachable(mirror), got {other:?}"),
+    }
+
+    // The primary twice, once through a proxy: one server.
+    let proxy = TcpProxy::start(([127, 0, 0, 1], primary.port()).into()).unwrap();
+    match checked(
+        builder(),
+        primary.app_config(),
+        primary.app_config_on_port(proxy.port()),
+    ) {
+        Err(BuildError::SameServer) => {}
+        other => panic!("expected SameServer, got {other:?}"),
+    }
+
+    // Another cluster's primary as the mirror.
+    let stranger = self::pair(false, Grants::none());
+    match checked(
+        builder(),
+        primary.app_config(),
+        stranger.primary().app_config(),
+    ) {
+        Err(BuildError::NotAMirror { .. }) => {}
+        other => panic!("expected NotAMirror, got {other:?}"),
+    }
+    // Another cluster's replica as the mirror.
+    match checked(
+        builder(),
+        primary.app_config(),
+        stranger.mirror().app_config(),
+    ) {
+        Err(BuildError::NotAMirror { problem }) => {
+            assert!(problem.contains("another cluster"), "{problem}")
+        }
+        other => panic!("expected NotAMirror, got {other:?}"),
+    }
+
+    // Promotion configured for a role without the grants it needs.
+    match checked(
+        builder().promote_on_failover(true),
+        primary.app_config(),
+        mirror.app_config(),
+    ) {
+        Err(e @ BuildError::MissingPrivilege { .. }) => {
+            let msg = e.to_string();
+            assert!(
+                msg.contains("pg_promote") || msg.contains("pg_monitor"),
+                "{msg}"
+            );
+        }
+        other => panic!("expected MissingPrivilege, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_primary_at_its_connection_limit_is_saturated_not_down_and_writers_stay() {
+    let _ = env_logger::builder().is_test(true).try_init();
+    let pair = pair(false, Grants::none());
+    let pool = pool(&pair, builder().max_size(4).min_idle(4));
+    both_up(&pool);
+    assert!(wait_until(LONG, || pool.status().primary.idle >= 4));
+    let writers = Writers::start(&pool, 2);
+    writers.expect_acks(Side::Primary, None, 5, &pool);
+    // The role may open no new connection (PostgreSQL answers 53300); the ones open work on.
+    // Then the heartbeat loses its session and cannot open another.
+    pair.primary()
+        .execute(&format!("ALTER ROLE {APP_USER} CONNECTION LIMIT 0"))
+        .expect("limit");
+    let killed = pair
+        .primary()
+        .query_one_i64(&format!(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+             WHERE usename = '{APP_USER}' AND query LIKE '%AS sees_replication%' \
+             AND pid <> pg_backend_pid()"
+        ))
+        .expect("terminate the heartbeat session");
+    assert!(
+        killed >= 1,
+        "found the heartbeat session among {} sessions of {APP_USER}",
+        pair.primary()
+            .query_one_i64(&format!(
+                "SELECT count(*) FROM pg_stat_activity WHERE usename = '{APP_USER}'"
+            ))
+            .unwrap_or(-1)
+    );
+    assert!(
+        wait_until(LONG, || pool.status().primary.saturated),
+        "{:?}",
+        pool.status()
+    );
+    let since = Instant::now();
+    thread::sleep(Duration::from_secs(2));
+    let status = pool.status();
+    assert_eq!(status.active, Side::Primary, "{status:?}");
+    assert_eq!(status.primary.health, Health::Up, "{status:?}");
+    assert_eq!(status.switches, 0, "a full primary is not failed over from");
+    writers.expect_acks(Side::Primary, Some(since), 20, &pool);
+    pair.primary()
+        .execute(&format!("ALTER ROLE {APP_USER} CONNECTION LIMIT -1"))
+        .expect("unlimit");
+    assert!(wait_until(LONG, || !pool.status().primary.saturated));
+    let outcome = writers.stop();
+    assert!(outcome.get_errors.is_empty(), "{:?}", outcome.get_errors);
 }

@@ -9,7 +9,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use mirrorpool::testkit::{
-    PgPair, PgPairBuilder, PgServer, ProxyMode, TcpProxy, TestkitError, APP_USER,
+    Grants, PgPair, PgPairBuilder, PgServer, ProxyMode, TcpProxy, TestkitError, APP_USER,
 };
 use postgres::error::SqlState;
 use postgres::{Client, Config, NoTls};
@@ -493,6 +493,55 @@ fn app_role_password_works_and_a_wrong_one_fails() {
         };
         assert_eq!(err.code(), Some(&SqlState::INVALID_PASSWORD), "{err}");
     }
+}
+
+/// (superuser, sees replication state, may promote) for the connected role.
+fn role_powers(client: &mut Client) -> (bool, bool, bool) {
+    let row = client
+        .query_one(
+            "SELECT rolsuper, pg_has_role('pg_read_all_stats', 'USAGE'), \
+             has_function_privilege('pg_promote(boolean,integer)', 'EXECUTE') \
+             FROM pg_roles WHERE rolname = current_user",
+            &[],
+        )
+        .unwrap();
+    (row.get(0), row.get(1), row.get(2))
+}
+
+#[test]
+fn the_app_role_is_a_plain_login_role_with_only_the_grants_asked_for() {
+    let pair = start_pair(PgPair::builder().grant_promote(true));
+    let mut app = pair.primary().app_config().connect(NoTls).unwrap();
+    assert_eq!(role_powers(&mut app), (false, false, true));
+    // It creates its own tables and uses those the superuser creates.
+    app.batch_execute("CREATE TABLE mine (x int); INSERT INTO mine VALUES (1)")
+        .unwrap();
+    pair.primary()
+        .execute("CREATE TABLE theirs (id serial, x int)")
+        .unwrap();
+    app.execute("INSERT INTO theirs (x) VALUES (1)", &[])
+        .unwrap();
+    // Administration stays with the superuser.
+    let err = app.batch_execute("CREATE ROLE intruder").unwrap_err();
+    assert_eq!(err.code(), Some(&SqlState::INSUFFICIENT_PRIVILEGE), "{err}");
+
+    // Further roles, replicated to the mirror before create_role returns.
+    pair.create_role("watcher", Grants::none().replication_status(true))
+        .unwrap();
+    let mut watcher = pair.mirror().role_config("watcher").connect(NoTls).unwrap();
+    assert_eq!(role_powers(&mut watcher), (false, true, false));
+    let n: i64 = watcher
+        .query_one("SELECT count(*) FROM theirs", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 1);
+    let mut wrong = pair.primary().role_config("watcher");
+    wrong.password("not-the-password");
+    assert!(wrong.connect(NoTls).is_err());
+    assert!(matches!(
+        pair.create_role("Robert'); DROP TABLE mine; --", Grants::all()),
+        Err(TestkitError::InvalidRoleName { .. })
+    ));
 }
 
 #[test]

@@ -3,22 +3,43 @@
 use std::fmt;
 use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
+use std::time::Duration;
 
 use postgres::Client;
 
-use super::socket::SocketHandle;
+use crate::observation::Identity;
+use crate::sever::{SocketHandle, Watch};
+
+/// How long closing a connection may take before its socket is severed. A close does not wait
+/// for the server unless an earlier request is still unanswered; then the server did not answer
+/// in time and is not waited for long.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// A `postgres::Client` managed by [`PostgresManager`](super::PostgresManager). Derefs to the
 /// client, so `conn.execute(..)` works on a pooled connection as on a `Client`; use
 /// [`client_mut`](PgConnection::client_mut) (or `&mut **conn`) where a `&mut Client` is needed.
 pub struct PgConnection {
+    // Field order matters: the client is dropped (closed) before `close_watch`, which bounds
+    // that close.
     client: Client,
+    close_watch: Option<Watch>,
     socket: Option<Arc<SocketHandle>>,
+    /// A call of the manager or backend on this connection did not complete (timed out or
+    /// failed): its answer may still be pending, so a close would wait for it.
+    unsettled: bool,
+    /// Who the server is (asked once per connection, on its first heartbeat).
+    pub(super) identity: Option<Identity>,
 }
 
 impl PgConnection {
     pub(crate) fn new(client: Client, socket: Option<Arc<SocketHandle>>) -> PgConnection {
-        PgConnection { client, socket }
+        PgConnection {
+            client,
+            close_watch: None,
+            socket,
+            unsettled: false,
+            identity: None,
+        }
     }
 
     /// The client.
@@ -31,9 +52,32 @@ impl PgConnection {
         &mut self.client
     }
 
-    /// Whether the pool can sever this connection's socket on failover (found at connect).
+    /// Whether the pool can sever this connection's socket (found at connect; Linux, TCP).
+    /// Only a severable connection has its heartbeats, resets and close bounded in time.
     pub fn severable(&self) -> bool {
         self.socket.is_some()
+    }
+
+    /// Runs `call` on the client with a deadline: past `bound` the socket is severed, so the
+    /// call fails instead of waiting for a server that does not answer (`None`: the call has a
+    /// bound of its own). Unbounded if the connection is not [`severable`](Self::severable).
+    pub(super) fn bounded<T>(
+        &mut self,
+        bound: Option<Duration>,
+        what: &'static str,
+        call: impl FnOnce(&mut Client) -> Result<T, postgres::Error>,
+    ) -> Result<T, postgres::Error> {
+        let watch = match (bound, &self.socket) {
+            (Some(bound), Some(s)) => s.watch(bound, what),
+            _ => None,
+        };
+        self.unsettled = true;
+        let result = call(&mut self.client);
+        drop(watch);
+        if result.is_ok() {
+            self.unsettled = false;
+        }
+        result
     }
 }
 
@@ -61,8 +105,14 @@ impl fmt::Debug for PgConnection {
 
 impl Drop for PgConnection {
     fn drop(&mut self) {
-        // Before the client (dropped after this) closes the socket.
-        if let Some(s) = &self.socket {
+        if let Some(s) = self.socket.take() {
+            if self.unsettled {
+                // A request is still unanswered: closing would wait for that answer.
+                s.sever();
+            } else {
+                self.close_watch = s.watch(CLOSE_TIMEOUT, "closing a PostgreSQL connection");
+            }
+            // Before the client closes the socket (right after this function).
             s.forget();
         }
     }

@@ -93,6 +93,11 @@ pub enum TestkitError {
         /// What is wrong with it.
         reason: String,
     },
+    /// A role name given to the test kit is not a plain identifier.
+    InvalidRoleName {
+        /// The name.
+        name: String,
+    },
     /// A query returned something other than what the helper expects.
     UnexpectedResult {
         /// Which helper or query.
@@ -194,6 +199,11 @@ impl fmt::Display for TestkitError {
             TestkitError::InvalidSetting { name, reason } => {
                 write!(f, "invalid postgresql.conf setting `{name}`: {reason}")
             }
+            TestkitError::InvalidRoleName { name } => write!(
+                f,
+                "invalid role name `{name}`: use lower-case ASCII letters, digits and '_' \
+                 (not starting with a digit, at most 63 characters)"
+            ),
             TestkitError::UnexpectedResult { what, detail } => {
                 write!(f, "unexpected result from {what}: {detail}")
             }

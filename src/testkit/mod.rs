@@ -37,7 +37,7 @@ mod proxy;
 pub use self::error::TestkitError;
 #[cfg(feature = "postgres")]
 pub use self::postgres::{
-    PauseGuard, PgPair, PgPairBuilder, PgServer, APP_PASSWORD, APP_USER, MIRROR_APPLICATION_NAME,
-    SUPERUSER,
+    Grants, PauseGuard, PgPair, PgPairBuilder, PgServer, APP_PASSWORD, APP_USER,
+    MIRROR_APPLICATION_NAME, SUPERUSER,
 };
 pub use self::proxy::{ProxyMode, ProxyModeGuard, TcpProxy};

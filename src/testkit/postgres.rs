@@ -23,14 +23,18 @@ use tempfile::TempDir;
 use super::error::TestkitError;
 use super::process::{self, PgBinaries, RunAs};
 
-/// Name of the password-authenticated login role created on the primary (and
-/// replicated to the mirror). It is a superuser so that it may call
-/// `pg_promote()`.
+/// Name of the application role created on the primary (and replicated to the
+/// mirror): a plain, password-authenticated LOGIN role, not a superuser. It may
+/// create tables in schema `public` and read and write every table a superuser
+/// creates there (default privileges), and holds the grants for replication
+/// visibility and promotion only when the builder asks for them
+/// ([`PgPairBuilder::grant_replication_status`], [`PgPairBuilder::grant_promote`]).
 pub const APP_USER: &str = "mirrorpool";
-/// Password of [`APP_USER`]. A fixed, public test password: the servers only
-/// listen on 127.0.0.1 and live for the duration of a test.
+/// Password of [`APP_USER`] and of every role made by [`PgPair::create_role`].
+/// A fixed, public test password: the servers only listen on 127.0.0.1 and live
+/// for the duration of a test.
 pub const APP_PASSWORD: &str = "mirrorpool-testkit-secret";
-/// The trust-authenticated bootstrap superuser.
+/// The trust-authenticated bootstrap superuser, for administration only.
 pub const SUPERUSER: &str = "postgres";
 /// The `application_name` the mirror's WAL receiver uses; it is what
 /// `pg_stat_replication.application_name` and `synchronous_standby_names`
@@ -64,10 +68,106 @@ const PORT_ATTEMPTS: usize = 5;
 /// Settings whose value the test kit must control.
 const RESERVED_SETTINGS: [&str; 3] = ["port", "listen_addresses", "unix_socket_directories"];
 
+/// What an application role may do beyond logging in and using the tables of
+/// schema `public`: the grants mirrorpool's optional features need.
+///
+/// ```
+/// # use mirrorpool::testkit::Grants;
+/// let all = Grants::none().replication_status(true).promote(true);
+/// assert!(all.has_replication_status() && all.has_promote());
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[must_use]
+pub struct Grants {
+    replication_status: bool,
+    promote: bool,
+}
+
+impl Grants {
+    /// No extra grant: the least-privilege application role.
+    pub fn none() -> Grants {
+        Grants::default()
+    }
+
+    /// Every grant mirrorpool's features need.
+    pub fn all() -> Grants {
+        Grants {
+            replication_status: true,
+            promote: true,
+        }
+    }
+
+    /// `GRANT pg_monitor`: seeing `pg_stat_replication` and `pg_stat_wal_receiver`
+    /// (for `verify_primary_failure` and the lag gate).
+    pub fn replication_status(mut self, grant: bool) -> Grants {
+        self.replication_status = grant;
+        self
+    }
+
+    /// `GRANT EXECUTE ON FUNCTION pg_promote`: promoting the mirror (for
+    /// `promote_on_failover`).
+    pub fn promote(mut self, grant: bool) -> Grants {
+        self.promote = grant;
+        self
+    }
+
+    /// Whether `pg_monitor` is granted.
+    pub fn has_replication_status(&self) -> bool {
+        self.replication_status
+    }
+
+    /// Whether EXECUTE on `pg_promote` is granted.
+    pub fn has_promote(&self) -> bool {
+        self.promote
+    }
+}
+
+/// Checks that `name` is a plain lower-case identifier (so it needs no quoting).
+fn validate_role_name(name: &str) -> Result<(), TestkitError> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && !name.starts_with(|c: char| c.is_ascii_digit())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if ok && name != SUPERUSER {
+        Ok(())
+    } else {
+        Err(TestkitError::InvalidRoleName {
+            name: name.to_owned(),
+        })
+    }
+}
+
+/// SQL creating the login role `name` (a validated identifier) with password
+/// [`APP_PASSWORD`], table rights in schema `public` and `grants`.
+fn create_role_sql(name: &str, grants: Grants) -> String {
+    let mut sql = format!(
+        "CREATE ROLE {name} LOGIN PASSWORD '{APP_PASSWORD}';\
+         GRANT CREATE ON SCHEMA public TO {name};\
+         GRANT SELECT, INSERT, UPDATE, DELETE, TRUNCATE ON ALL TABLES IN SCHEMA public TO {name};\
+         GRANT USAGE, SELECT, UPDATE ON ALL SEQUENCES IN SCHEMA public TO {name};\
+         ALTER DEFAULT PRIVILEGES FOR ROLE {SUPERUSER} IN SCHEMA public \
+             GRANT SELECT, INSERT, UPDATE, DELETE, TRUNCATE ON TABLES TO {name};\
+         ALTER DEFAULT PRIVILEGES FOR ROLE {SUPERUSER} IN SCHEMA public \
+             GRANT USAGE, SELECT, UPDATE ON SEQUENCES TO {name};"
+    );
+    if grants.replication_status {
+        sql.push_str(&format!("GRANT pg_monitor TO {name};"));
+    }
+    if grants.promote {
+        sql.push_str(&format!(
+            "GRANT EXECUTE ON FUNCTION pg_promote(boolean, integer) TO {name};"
+        ));
+    }
+    sql
+}
+
 /// Consuming builder for a [`PgPair`]; obtain it with [`PgPair::builder`].
 #[derive(Debug, Clone)]
 #[must_use]
 pub struct PgPairBuilder {
+    app_grants: Grants,
     synchronous: bool,
     settings: Vec<(String, String)>,
     pg_bin_dir: Option<PathBuf>,
@@ -78,6 +178,7 @@ pub struct PgPairBuilder {
 impl Default for PgPairBuilder {
     fn default() -> Self {
         PgPairBuilder {
+            app_grants: Grants::none(),
             synchronous: false,
             settings: Vec::new(),
             pg_bin_dir: None,
@@ -101,6 +202,27 @@ impl PgPairBuilder {
     /// mirror is down. Default: `false` (asynchronous streaming).
     pub fn synchronous(mut self, synchronous: bool) -> Self {
         self.synchronous = synchronous;
+        self
+    }
+
+    /// Grants [`APP_USER`] `pg_monitor`, so it sees the replication state
+    /// (`pg_stat_replication`, `pg_stat_wal_receiver`): what mirrorpool's
+    /// `verify_primary_failure` and lag gate need. Default: `false`.
+    pub fn grant_replication_status(mut self, grant: bool) -> Self {
+        self.app_grants.replication_status = grant;
+        self
+    }
+
+    /// Grants [`APP_USER`] EXECUTE on `pg_promote`: what mirrorpool's
+    /// `promote_on_failover` needs. Default: `false`.
+    pub fn grant_promote(mut self, grant: bool) -> Self {
+        self.app_grants.promote = grant;
+        self
+    }
+
+    /// Sets both grants of [`APP_USER`] at once. Default: [`Grants::none`].
+    pub fn app_grants(mut self, grants: Grants) -> Self {
+        self.app_grants = grants;
         self
     }
 
@@ -143,7 +265,7 @@ impl PgPairBuilder {
     }
 
     /// Creates the directory, runs `initdb`, starts the primary, creates the
-    /// [`APP_USER`] role, clones the mirror with `pg_basebackup`, starts it
+    /// [`APP_USER`] role with the requested grants, clones the mirror with `pg_basebackup`, starts it
     /// and waits until it streams (and, if requested, is synchronous).
     ///
     /// Everything created so far is torn down again if a step fails.
@@ -190,9 +312,7 @@ impl PgPairBuilder {
         write_primary_config(&primary_dir, &root, &self.settings)?;
 
         let primary = PgServer::launch("primary", primary_dir, &ctx)?;
-        primary.execute(&format!(
-            "CREATE ROLE {APP_USER} LOGIN SUPERUSER PASSWORD '{APP_PASSWORD}'"
-        ))?;
+        primary.execute(&create_role_sql(APP_USER, self.app_grants))?;
 
         let mirror_dir = root.join("mirror");
         let mut basebackup = process::pg_command(&ctx.bins.pg_basebackup, run_as, &root);
@@ -336,10 +456,12 @@ fn write_primary_config(
     settings.extend(extra.iter().cloned());
     append_config(&data_dir.join("postgresql.conf"), &settings)?;
 
+    // The superuser (administration, replication) is trusted; every other role
+    // logs in with a password.
     let hba = "# written by the mirrorpool test kit\n\
-               host all mirrorpool 127.0.0.0/8 scram-sha-256\n\
-               host all all 127.0.0.0/8 trust\n\
                host replication all 127.0.0.0/8 trust\n\
+               host all postgres 127.0.0.0/8 trust\n\
+               host all all 127.0.0.0/8 scram-sha-256\n\
                local all all trust\n";
     let hba_path = data_dir.join("pg_hba.conf");
     fs::write(&hba_path, hba)
@@ -403,6 +525,21 @@ impl PgPair {
     /// (removed when the pair is dropped).
     pub fn dir(&self) -> &Path {
         &self.primary.ctx.root
+    }
+
+    /// Creates another password-authenticated LOGIN role (password
+    /// [`APP_PASSWORD`]) with the same table rights as [`APP_USER`] and the
+    /// given `grants`, on the primary, and waits (at most the builder's start
+    /// timeout) until the mirror has replayed it. Connect as it with
+    /// [`PgServer::role_config`]. `name` must be a lower-case identifier.
+    pub fn create_role(&self, name: &str, grants: Grants) -> Result<(), TestkitError> {
+        validate_role_name(name)?;
+        self.primary.execute(&create_role_sql(name, grants))?;
+        self.mirror.wait_for_count(
+            &format!("the role {name} to reach the mirror"),
+            &format!("SELECT count(*) FROM pg_roles WHERE rolname = '{name}'"),
+            self.primary.ctx.start_timeout,
+        )
     }
 
     /// Waits until `pg_stat_replication` on the primary shows the mirror in
@@ -562,9 +699,9 @@ impl PgServer {
         self.config_on_port(self.port)
     }
 
-    /// Connection settings for the password-authenticated role [`APP_USER`]
-    /// (password [`APP_PASSWORD`], SCRAM-SHA-256), otherwise like
-    /// [`config`](Self::config).
+    /// Connection settings for the password-authenticated, least-privilege
+    /// role [`APP_USER`] (password [`APP_PASSWORD`], SCRAM-SHA-256), otherwise
+    /// like [`config`](Self::config).
     pub fn app_config(&self) -> Config {
         self.app_config_on_port(self.port)
     }
@@ -590,6 +727,20 @@ impl PgServer {
     pub fn app_config_on_port(&self, port: u16) -> Config {
         let mut config = self.config_on_port(port);
         config.user(APP_USER).password(APP_PASSWORD);
+        config
+    }
+
+    /// Connection settings for a role made by [`PgPair::create_role`] (password
+    /// [`APP_PASSWORD`]), otherwise like [`config`](Self::config).
+    pub fn role_config(&self, role: &str) -> Config {
+        self.role_config_on_port(role, self.port)
+    }
+
+    /// Like [`role_config`](Self::role_config) but for another port on
+    /// 127.0.0.1, e.g. a [`TcpProxy`](super::TcpProxy) in front of this server.
+    pub fn role_config_on_port(&self, role: &str, port: u16) -> Config {
+        let mut config = self.config_on_port(port);
+        config.user(role).password(APP_PASSWORD);
         config
     }
 
@@ -1221,6 +1372,39 @@ mod tests {
         let d = describe_sql(&long);
         assert_eq!(d.chars().count(), 200 + 5);
         assert!(d.ends_with("...`"));
+    }
+
+    #[test]
+    fn role_names_must_be_plain_identifiers() {
+        assert!(validate_role_name("app_2").is_ok());
+        for bad in [
+            "",
+            "2app",
+            "App",
+            "a-b",
+            "a;drop",
+            "postgres",
+            &"a".repeat(64),
+        ] {
+            assert!(
+                matches!(
+                    validate_role_name(bad),
+                    Err(TestkitError::InvalidRoleName { .. })
+                ),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn role_sql_grants_only_what_is_asked() {
+        let none = create_role_sql("app", Grants::none());
+        assert!(none.contains("CREATE ROLE app LOGIN PASSWORD"));
+        assert!(!none.contains("SUPERUSER"));
+        assert!(!none.contains("pg_monitor") && !none.contains("pg_promote"));
+        let all = create_role_sql("app", Grants::all());
+        assert!(all.contains("GRANT pg_monitor TO app"));
+        assert!(all.contains("GRANT EXECUTE ON FUNCTION pg_promote(boolean, integer) TO app"));
     }
 
     #[test]

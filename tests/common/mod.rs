@@ -4,8 +4,9 @@
 
 use std::error::Error as StdError;
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use mirrorpool::backend::{
@@ -436,4 +437,77 @@ impl mirrorpool::HandleEvent for Recorder {
     fn handle_misconfiguration(&self, e: mirrorpool::event::MisconfigurationEvent) {
         self.push(format!("misconfigured {} {:?}", e.side(), e.problem()));
     }
+}
+
+/// A TCP listener that accepts connections and never sends a byte, like a stopped server
+/// process whose kernel still completes handshakes, or a port taken by something else. Holds
+/// every accepted socket until dropped.
+pub struct SilentServer {
+    port: u16,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl SilentServer {
+    pub fn start() -> SilentServer {
+        let listener = std::net::TcpListener::bind(("127.0.0.1", 0)).expect("bind");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let port = listener.local_addr().expect("local addr").port();
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        let thread = thread::spawn(move || {
+            let mut held = Vec::new();
+            let deadline = Instant::now() + Duration::from_secs(300);
+            while !s.load(Ordering::Relaxed) && Instant::now() < deadline {
+                match listener.accept() {
+                    Ok((stream, _)) => held.push(stream),
+                    Err(_) => thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        SilentServer {
+            port,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    #[cfg(feature = "postgres")]
+    pub fn manager(
+        &self,
+        connect_timeout: Duration,
+    ) -> mirrorpool::postgres::PostgresManager<postgres::NoTls> {
+        let mut config = postgres::Config::new();
+        config
+            .host("127.0.0.1")
+            .port(self.port)
+            .user("app")
+            .password("secret")
+            .dbname("app")
+            .connect_timeout(connect_timeout);
+        mirrorpool::postgres::PostgresManager::new(config, postgres::NoTls)
+    }
+}
+
+impl Drop for SilentServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Threads of this process whose name starts with "mirrorpool" (`comm` holds the first 15
+/// characters of a thread's name).
+pub fn mirrorpool_threads() -> Vec<String> {
+    std::fs::read_dir("/proc/self/task")
+        .map(|d| {
+            d.filter_map(|t| t.ok())
+                .filter_map(|t| std::fs::read_to_string(t.path().join("comm")).ok())
+                .map(|c| c.trim_end().to_owned())
+                .filter(|c| c.starts_with("mirrorpool"))
+                .collect()
+        })
+        .unwrap_or_default()
 }
