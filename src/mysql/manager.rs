@@ -139,7 +139,8 @@ impl Silence {
 /// one `SELECT @@version`) is bounded by the connect timeout per step, so a server that
 /// accepts connections but never answers fails the connect after about that long. Checkout
 /// validation (`COM_PING`) waits at most `validation_timeout` (1 s), a session reset at most
-/// `reset_timeout` (1 s). `has_broken` makes no round trip.
+/// `reset_timeout` (1 s). `has_broken` makes no round trip: see
+/// [`MyConnection`](super::MyConnection) for what it recognises.
 ///
 /// `Debug` and every error leave the password out.
 #[derive(Clone)]

@@ -5,7 +5,8 @@
 //!   options leave them unset (5 s, 30 s, 30 s, 5 s/1 s/3, 5 s); the connect itself is bounded
 //!   by the connect timeout per step; checkout validation is `COM_PING` bounded by
 //!   `validation_timeout` (1 s); `has_broken` makes no round trip (a failed call of the pool's,
-//!   or a socket the server closed or wrote to unasked).
+//!   a socket the server closed or wrote to unasked, or — Linux — a statement abandoned on a
+//!   timeout before the server answered it).
 //! - [`MysqlBackend`]: heartbeats that read, in one round trip, whether the server takes
 //!   writes, its GTID positions, its replication connections and whether they still hear from
 //!   their primary, semi-synchronous replication, and what the account may do; promotion;
