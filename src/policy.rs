@@ -392,10 +392,11 @@ impl Policy {
         let st = &mut self.sides[side];
         st.op = None;
         st.requested = Some(now);
-        if !ok {
-            // Retry no sooner than a heartbeat interval from now (see `try_promote`).
-            self.last_promote = Some(now);
-        }
+        // Whatever the result, no new promotion before a heartbeat interval (see
+        // `try_promote`): after a success the next heartbeat (asked for now) shows the new
+        // role well before that; after a failure it is the retry delay.
+        let _ = ok;
+        self.last_promote = Some(now);
         self.decide(now, out);
         Some(now.saturating_duration_since(started))
     }

@@ -673,6 +673,10 @@ impl Backend<MysqlManager> for MysqlBackend {
     fn reset(&self, manager: &MysqlManager, conn: &mut MyConnection) -> Result<(), BackendError> {
         Ok(conn.bounded(manager.reset_timeout_value(), |c| c.reset())?)
     }
+
+    fn sever(&self, manager: &MysqlManager) -> usize {
+        manager.sever_all()
+    }
 }
 
 #[cfg(test)]

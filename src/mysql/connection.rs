@@ -6,9 +6,12 @@ use std::fmt;
 use std::io;
 use std::ops::{Deref, DerefMut};
 use std::os::unix::io::{AsRawFd, RawFd};
+use std::sync::Arc;
 use std::time::Duration;
 
 use mysql::{Conn, DriverError};
+
+use crate::sever::{Registry, SocketHandle};
 
 /// Which database server a connection talks to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -97,6 +100,8 @@ pub struct MyConnection {
     read_timeout: Option<Duration>,
     write_timeout: Option<Duration>,
     broken: bool,
+    /// Registered with the manager so a failover can sever it (Linux).
+    socket: Option<Arc<SocketHandle>>,
 }
 
 impl MyConnection {
@@ -115,6 +120,7 @@ impl MyConnection {
             read_timeout,
             write_timeout,
             broken: false,
+            socket: None,
         }
     }
 
@@ -350,8 +356,27 @@ pub(crate) fn set_socket_timeouts(
     Ok(())
 }
 
+impl MyConnection {
+    /// Registers the connection's socket with `registry`, so `sever_all` reaches it.
+    pub(crate) fn register(&mut self, registry: &Registry) {
+        if let Some(handle) = SocketHandle::of_fd(self.fd) {
+            registry.add(&handle);
+            self.socket = Some(handle);
+        }
+    }
+
+    /// Whether a failover can sever this connection (its socket was registered).
+    pub fn severable(&self) -> bool {
+        self.socket.is_some()
+    }
+}
+
 impl Drop for MyConnection {
     fn drop(&mut self) {
+        // Before the client closes the socket: nothing may sever its number afterwards.
+        if let Some(s) = &self.socket {
+            s.forget();
+        }
         // Closing writes a few bytes (COM_STMT_CLOSE per cached statement, COM_QUIT): never
         // wait long for a server that does not read them.
         let close = Some(Duration::from_millis(100));

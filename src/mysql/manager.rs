@@ -7,6 +7,8 @@ use std::time::{Duration, Instant};
 use mysql::{Conn, Opts, OptsBuilder};
 use parking_lot::Mutex;
 
+use crate::sever::Registry;
+
 use super::connection::{MyConnection, Server};
 
 /// Default bounds applied when the given options leave them unset.
@@ -151,6 +153,8 @@ pub struct MysqlManager {
     validation_timeout: Duration,
     reset_timeout: Duration,
     pub(crate) silence: Arc<Silence>,
+    /// Open connections' sockets, for `sever_all` (shared by clones of the manager).
+    registry: Arc<Registry>,
 }
 
 impl fmt::Debug for MysqlManager {
@@ -214,6 +218,7 @@ impl MysqlManager {
             validation_timeout: VALIDATION_TIMEOUT,
             reset_timeout: RESET_TIMEOUT,
             silence: Arc::new(Silence::default()),
+            registry: Arc::new(Registry::default()),
         }
     }
 
@@ -249,6 +254,15 @@ impl MysqlManager {
     }
 }
 
+impl MysqlManager {
+    /// Shuts down the socket of every open connection of this manager (checked out, idle or
+    /// heartbeat): calls blocked on them fail at once. Returns how many. Called by the pool
+    /// when writers leave this side for good (Linux; elsewhere it does nothing).
+    pub fn sever_all(&self) -> usize {
+        self.registry.sever_all()
+    }
+}
+
 impl r2d2::ManageConnection for MysqlManager {
     type Connection = MyConnection;
     type Error = mysql::Error;
@@ -267,6 +281,7 @@ impl r2d2::ManageConnection for MysqlManager {
             self.opts.get_write_timeout().copied(),
         );
         conn.apply_timeouts()?;
+        conn.register(&self.registry);
         Ok(conn)
     }
 
