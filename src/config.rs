@@ -82,6 +82,8 @@ pub(crate) struct Config {
     pub test_on_check_out: bool,
     pub validation_window: Duration,
     pub reset_on_return: bool,
+    /// The `pool` label of metrics and the Prometheus rendering.
+    pub name: String,
     pub failover: FailoverConfig,
 }
 
@@ -97,6 +99,7 @@ impl Default for Config {
             test_on_check_out: true,
             validation_window: Duration::from_millis(500),
             reset_on_return: false,
+            name: "default".to_owned(),
             failover: FailoverConfig::default(),
         }
     }
@@ -431,6 +434,13 @@ impl<M: ManageConnection> Builder<M> {
     pub fn backend<B: Backend<M>>(mut self, backend: B) -> Self {
         self.config.failover.capabilities = backend.capabilities();
         self.backend = Arc::new(backend);
+        self
+    }
+
+    /// A name for the pool, used as the `pool` label of its metrics (feature `metrics`), so
+    /// several pools in one process stay apart. Default: "default".
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.config.name = name.into();
         self
     }
 

@@ -259,6 +259,27 @@ impl<M: ManageConnection> MirrorPool<M> {
                 Checkout::Closed => return Err(GetError::Closed),
             }
         };
+        // Only the slow path (a clock was read anyway) reaches the metrics.
+        if cfg!(feature = "metrics") {
+            if let Some(w) = wait {
+                let name = &shared.config.name;
+                match &result {
+                    Ok(conn) => crate::metrics::seconds(
+                        name,
+                        "mirrorpool_checkout_wait_seconds",
+                        PooledConnection::side(conn),
+                        w.started.elapsed(),
+                    ),
+                    Err(e) if e.is_timeout() => crate::metrics::side_counter(
+                        name,
+                        "mirrorpool_checkout_timeouts_total",
+                        explicit.unwrap_or(shared.routing.read().active),
+                        1,
+                    ),
+                    Err(_) => {}
+                }
+            }
+        }
         if shared.events.enabled() {
             self.report_checkout(&result, wait, timeout);
         }
@@ -349,29 +370,7 @@ impl<M: ManageConnection> MirrorPool<M> {
     /// Briefly takes the monitor's status lock and each side's pool lock (for the last
     /// connect error): fine for a metrics scrape, not meant for every checkout.
     pub fn status(&self) -> Status {
-        let shared = self.shared();
-        let mut status = shared.view.lock().clone();
-        {
-            let r = shared.routing.read();
-            status.active = r.active;
-            status.blocked = r.blocked.clone();
-        }
-        status.max_size = shared.config.max_size;
-        for side in Side::BOTH {
-            let c = shared.sides[side].counts();
-            let s = status.side_mut(side);
-            s.connections = c.open;
-            s.idle = c.idle;
-            s.pending = c.pending;
-            s.in_use = c.open.saturating_sub(c.idle + c.pending);
-            s.waiters = c.waiters;
-            s.stale = c.stale_out;
-            s.created = c.created;
-            s.closed = c.closed;
-            s.connect_failures = c.connect_failures;
-            s.last_connect_error = shared.sides[side].last_error();
-        }
-        status
+        self.shared().status()
     }
 
     /// The side `get()` serves from.

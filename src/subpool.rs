@@ -83,6 +83,8 @@ struct Inner<M: ManageConnection> {
     /// Connections callers returned unbroken: evidence the side answers them (see
     /// `Policy::on_progress`). Kept under the lock the return already holds.
     returned: u64,
+    /// Connections handed out (under the lock the checkout already holds).
+    checkouts: u64,
 }
 
 /// Lock-free counters for status reports: metrics must never contend with checkouts.
@@ -187,6 +189,7 @@ impl<M: ManageConnection> SubPool<M> {
                 retry_at: None,
                 closed: false,
                 returned: 0,
+                checkouts: 0,
             }),
             cond: Condvar::new(),
             counters: Counters::default(),
@@ -231,6 +234,13 @@ impl<M: ManageConnection> SubPool<M> {
     /// How many connections callers have returned unbroken (wrapping).
     pub(crate) fn returned(&self) -> u64 {
         self.inner.lock().returned
+    }
+
+    /// The last connect or validation error and how many connections were handed out (one
+    /// lock for both).
+    pub(crate) fn last_error_and_checkouts(&self) -> (Option<Cause>, u64) {
+        let inner = self.inner.lock();
+        (inner.last_error.clone(), inner.checkouts)
     }
 
     pub(crate) fn last_error(&self) -> Option<Cause> {
@@ -314,6 +324,7 @@ impl<M: ManageConnection> SubPool<M> {
 
     /// Called with the lock held after a connection left the idle list.
     fn after_take(&self, inner: &mut Inner<M>) {
+        inner.checkouts = inner.checkouts.wrapping_add(1);
         // Keep `min_idle` warm, but never more connects than needed.
         if (inner.idle.len() as u32 + inner.pending) < self.cfg.min_idle
             && inner.open < self.cfg.max_size
