@@ -459,10 +459,11 @@ mod tests {
         s.primary.last_rtt = Some(Duration::from_millis(2));
         s.mirror.health = Health::Down;
         s.mirror.role = Role::ReadOnly;
-        let mut r = Replication::default();
-        r.lag_bytes = Some(42);
-        r.upstream = Some(Upstream::new(false));
-        s.mirror.replication = Some(r);
+        s.mirror.replication = Some(Replication {
+            lag_bytes: Some(42),
+            upstream: Some(Upstream::new(false)),
+            ..Replication::default()
+        });
         s.mirror.problems.push(Refusal::CannotVerify);
         s.blocked = Some(Blocked::BothDown);
         s
