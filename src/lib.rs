@@ -52,6 +52,7 @@ mod error;
 pub mod event;
 mod extensions;
 mod health;
+mod leaks;
 mod metrics;
 mod monitor;
 mod observation;

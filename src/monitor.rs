@@ -535,6 +535,9 @@ impl<M: ManageConnection> Monitor<M> {
             let sub = &self.shared.sides[side];
             let closed = sub.maintain(self.policy.may_connect(side));
             sub.close_later(closed);
+            if let Some(leaks) = &sub.leaks {
+                leaks.report(side, now);
+            }
         }
         self.finish_drains(now);
     }

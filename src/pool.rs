@@ -123,6 +123,7 @@ impl<M: ManageConnection> MirrorPool<M> {
                     probes: ProbeRequester(tx.clone()),
                     customizer: customizer.clone(),
                     events: events.clone(),
+                    leak_threshold: config.leak_detection_threshold,
                 },
             )
         };
@@ -259,6 +260,17 @@ impl<M: ManageConnection> MirrorPool<M> {
                 Checkout::Closed => return Err(GetError::Closed),
             }
         };
+        if let (Some(limit), Some(w), Ok(conn)) =
+            (shared.config.slow_checkout_threshold, wait, &result)
+        {
+            let waited = w.started.elapsed();
+            if waited >= limit {
+                log::warn!(
+                    "get() waited {waited:?} for a {} connection (slow_checkout_threshold {limit:?})",
+                    PooledConnection::side(conn)
+                );
+            }
+        }
         // Only the slow path (a clock was read anyway) reaches the metrics.
         if cfg!(feature = "metrics") {
             if let Some(w) = wait {
@@ -523,6 +535,9 @@ pub struct PooledConnection<M: ManageConnection> {
 impl<M: ManageConnection> PooledConnection<M> {
     fn new(sub: Arc<SubPool<M>>, conn: Conn<M>) -> Self {
         let checked_out_at = sub.events.enabled().then(Instant::now);
+        if let Some(leaks) = &sub.leaks {
+            leaks.checked_out(conn.id);
+        }
         PooledConnection {
             sub,
             conn: Some(conn),
@@ -640,6 +655,9 @@ impl<M: ManageConnection> Drop for PooledConnection<M> {
                     broken = true;
                 }
             }
+        }
+        if let Some(leaks) = &sub.leaks {
+            leaks.returned(conn.id, sub.side);
         }
         if let Some(at) = self.checked_out_at {
             sub.events.emit(Event::Checkin(CheckinEvent {

@@ -22,6 +22,7 @@ use crate::config::Customizer;
 use crate::error::Cause;
 use crate::event::{AcquireEvent, Event, ReleaseEvent};
 use crate::extensions::Extensions;
+use crate::leaks::Leaks;
 use crate::report::{catch, Events};
 use crate::shared::ProbeRequester;
 use crate::side::Side;
@@ -119,6 +120,7 @@ pub(crate) struct Wiring<M: ManageConnection> {
     pub probes: ProbeRequester,
     pub customizer: Option<Customizer<M>>,
     pub events: Events,
+    pub leak_threshold: Option<Duration>,
 }
 
 /// A caller's wait, begun when it first found no idle connection (the fast path reads no
@@ -154,6 +156,8 @@ pub(crate) struct SubPool<M: ManageConnection> {
     probes: ProbeRequester,
     customizer: Option<Customizer<M>>,
     pub(crate) events: Events,
+    /// Checked-out connections, when leak detection is on.
+    pub(crate) leaks: Option<Leaks>,
     cfg: SubPoolConfig,
     clock: Arc<CoarseClock>,
     me: Weak<SubPool<M>>,
@@ -174,6 +178,7 @@ impl<M: ManageConnection> SubPool<M> {
             probes: wiring.probes,
             customizer: wiring.customizer,
             events: wiring.events,
+            leaks: wiring.leak_threshold.map(Leaks::new),
             cfg,
             clock: wiring.clock,
             inner: Mutex::new(Inner {
