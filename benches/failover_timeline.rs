@@ -169,6 +169,7 @@ fn wait(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
 fn new_pair(synchronous: bool) -> PgPair {
     let pair = PgPair::builder()
         .synchronous(synchronous)
+        .app_grants(mirrorpool::testkit::Grants::all())
         .start()
         .expect("start a PostgreSQL pair (is PostgreSQL installed?)");
     pair.primary()
