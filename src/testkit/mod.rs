@@ -41,6 +41,8 @@
 //! client and its binary discovery).
 
 mod error;
+mod events;
+mod load;
 mod os;
 mod proxy;
 mod roles;
@@ -50,9 +52,13 @@ mod server;
 mod postgres;
 
 pub use self::error::TestkitError;
+pub use self::events::EventLog;
+pub use self::load::{Ack, FailedGet, FailedWrite, Ledger, Load, LoadBuilder, LoadTable};
 pub use self::proxy::{ProxyMode, ProxyModeGuard, TcpProxy};
 pub use self::roles::{Grants, APP_PASSWORD, APP_USER};
 pub use self::server::PauseGuard;
 
 #[cfg(feature = "postgres")]
-pub use self::postgres::{PgPair, PgPairBuilder, PgServer, MIRROR_APPLICATION_NAME, SUPERUSER};
+pub use self::postgres::{
+    PgPair, PgPairBuilder, PgServer, PgTable, MIRROR_APPLICATION_NAME, SUPERUSER,
+};

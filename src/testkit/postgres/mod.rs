@@ -12,6 +12,7 @@
 mod admin;
 mod binaries;
 mod conf;
+mod load;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -27,6 +28,8 @@ use super::error::TestkitError;
 use super::os::{self, RunAs};
 use super::roles::{self, Grants, APP_PASSWORD, APP_USER};
 use super::server::{self, PauseGuard, ProcessSpec, ServerProcess, KILL_WAIT};
+
+pub use self::load::PgTable;
 
 /// The trust-authenticated bootstrap superuser, for administration only.
 pub const SUPERUSER: &str = "postgres";
