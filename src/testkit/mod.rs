@@ -6,7 +6,7 @@
 //! engine's feature and server binaries:
 //! - [`PgPair`] (feature `postgres`): PostgreSQL's `initdb`, `pg_ctl`,
 //!   `postgres`, `pg_basebackup` (`apt-get install postgresql`);
-//! - `MyPair` (feature `mysql`): MariaDB's `mariadbd` and
+//! - [`MyPair`] (feature `mysql`): MariaDB's `mariadbd` and
 //!   `mariadb-install-db` (`apt-get install mariadb-server`).
 //!
 //! ```no_run
@@ -48,6 +48,8 @@ mod proxy;
 mod roles;
 mod server;
 
+#[cfg(feature = "mysql")]
+mod mysql;
 #[cfg(feature = "postgres")]
 mod postgres;
 
@@ -62,3 +64,6 @@ pub use self::server::PauseGuard;
 pub use self::postgres::{
     PgPair, PgPairBuilder, PgServer, PgTable, MIRROR_APPLICATION_NAME, SUPERUSER,
 };
+
+#[cfg(feature = "mysql")]
+pub use self::mysql::{MyPair, MyPairBuilder, MyServer, MyTable, MY_DATABASE, MY_SUPERUSER};

@@ -10,6 +10,9 @@
 //! helper thread with a deadline and a bounded poll — live here too, since
 //! every engine's client needs them against a hung server.
 
+// Built for every engine; with only some engines enabled, parts are unused.
+#![cfg_attr(not(all(feature = "postgres", feature = "mysql")), allow(dead_code))]
+
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
@@ -463,7 +466,7 @@ impl Drop for ServerProcess {
 }
 
 /// Resumes a paused server when dropped; obtain it with `pause_guard` on a
-/// [`PgServer`](super::PgServer) or `MyServer`.
+/// `PgServer` or a `MyServer`.
 ///
 /// Declare it after the clients that talk to the paused server, so that it
 /// is dropped (and the server resumed) before them, also during a panic
