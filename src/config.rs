@@ -82,6 +82,10 @@ pub(crate) struct Config {
     pub test_on_check_out: bool,
     pub validation_window: Duration,
     pub reset_on_return: bool,
+    /// The `pool` label of metrics and the Prometheus rendering.
+    pub name: String,
+    pub leak_detection_threshold: Option<Duration>,
+    pub slow_checkout_threshold: Option<Duration>,
     pub failover: FailoverConfig,
 }
 
@@ -97,6 +101,9 @@ impl Default for Config {
             test_on_check_out: true,
             validation_window: Duration::from_millis(500),
             reset_on_return: false,
+            name: "default".to_owned(),
+            leak_detection_threshold: None,
+            slow_checkout_threshold: None,
             failover: FailoverConfig::default(),
         }
     }
@@ -431,6 +438,29 @@ impl<M: ManageConnection> Builder<M> {
     pub fn backend<B: Backend<M>>(mut self, backend: B) -> Self {
         self.config.failover.capabilities = backend.capabilities();
         self.backend = Arc::new(backend);
+        self
+    }
+
+    /// A name for the pool, used as the `pool` label of its metrics (feature `metrics`), so
+    /// several pools in one process stay apart. Default: "default".
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.config.name = name.into();
+        self
+    }
+
+    /// A connection checked out for longer than this is logged once at `warn`, with the
+    /// backtrace of where it was taken (captured at every checkout while this is on, so keep it
+    /// off in hot paths unless you are hunting a leak). Default: `None` (off).
+    pub fn leak_detection_threshold(mut self, threshold: Option<Duration>) -> Self {
+        self.config.leak_detection_threshold = threshold;
+        self
+    }
+
+    /// A `get()` that waited longer than this for its connection is logged at `warn` (the wait
+    /// is measured only when the caller had to wait, so it costs nothing otherwise). Expect such
+    /// lines during a failover. Default: `None` (off).
+    pub fn slow_checkout_threshold(mut self, threshold: Option<Duration>) -> Self {
+        self.config.slow_checkout_threshold = threshold;
         self
     }
 

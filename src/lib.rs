@@ -52,6 +52,8 @@ mod error;
 pub mod event;
 mod extensions;
 mod health;
+mod leaks;
+mod metrics;
 mod monitor;
 mod observation;
 mod policy;
@@ -67,6 +69,10 @@ mod subpool;
 #[cfg(feature = "postgres")]
 #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
 pub mod postgres;
+
+#[cfg(feature = "mysql")]
+#[cfg_attr(docsrs, doc(cfg(feature = "mysql")))]
+pub mod mysql;
 
 #[cfg(feature = "testkit")]
 #[cfg_attr(docsrs, doc(cfg(feature = "testkit")))]

@@ -25,6 +25,7 @@ use crate::event::{
     SideDownEvent, SideUpEvent, SplitBrainEvent, SwitchEvent, SwitchRefusedEvent, SynchronousEvent,
 };
 use crate::health::Health;
+use crate::metrics;
 use crate::policy::{Action, Policy, ProbeOutcome};
 use crate::prober::{Prober, Reply};
 use crate::report::catch;
@@ -206,6 +207,13 @@ impl<M: ManageConnection> Monitor<M> {
                             Ok(obs) => {
                                 let obs = *obs;
                                 log::trace!("heartbeat {side}: up ({}) in {rtt:?}", obs.role());
+                                let name = &self.shared.config.name;
+                                metrics::seconds(
+                                    name,
+                                    "mirrorpool_heartbeat_rtt_seconds",
+                                    side,
+                                    rtt,
+                                );
                                 s.last_rtt = Some(rtt);
                                 s.observe(&obs);
                                 if saturated {
@@ -241,6 +249,7 @@ impl<M: ManageConnection> Monitor<M> {
                         .policy
                         .on_promotion_result(side, ok, now, &mut self.actions);
                     if let Some(duration) = took {
+                        metrics::promotion(&self.shared.config.name, side, ok, duration);
                         match &result {
                             Ok(()) => log::warn!("promoted the {side} to primary in {duration:?}"),
                             Err(e) => log::error!(
@@ -282,6 +291,7 @@ impl<M: ManageConnection> Monitor<M> {
             }
             Action::AbandonPromotion { side, after } => {
                 self.probers[side].abandon();
+                metrics::promotion(&shared.config.name, side, false, after);
                 log::error!("promoting the {side} timed out after {after:?}");
                 shared.events.handle_promotion(PromotionEvent {
                     side,
@@ -316,6 +326,7 @@ impl<M: ManageConnection> Monitor<M> {
                 reason,
                 failing_for,
             } => {
+                metrics::switch(&shared.config.name, from, to, reason);
                 log::warn!(
                     "switching writers from the {from} to the {to}: {reason}{}",
                     failing_for
@@ -351,6 +362,7 @@ impl<M: ManageConnection> Monitor<M> {
                 reason,
                 promotion,
             } => {
+                metrics::refusal(&shared.config.name, &reason);
                 if promotion {
                     log::warn!("not promoting the {to}: {reason}");
                 } else {
@@ -448,6 +460,8 @@ impl<M: ManageConnection> Monitor<M> {
                     .handle_side_up(SideUpEvent { side, was_down });
             }
             Health::Suspect | Health::Down => {
+                let name = &self.shared.config.name;
+                metrics::side_counter(name, "mirrorpool_heartbeat_failures_total", side, 1);
                 log::debug!("heartbeat {side} failed ({failures} in a row){suffix}");
                 self.shared
                     .events
@@ -457,6 +471,7 @@ impl<M: ManageConnection> Monitor<M> {
                         error: if timed_out { None } else { cause.clone() },
                     });
                 if health == Health::Down && !was_down {
+                    metrics::side_counter(name, "mirrorpool_side_down_total", side, 1);
                     log::warn!("the {side} is down after {failures} failed heartbeats{suffix}");
                     self.shared.events.handle_side_down(SideDownEvent {
                         side,
@@ -498,18 +513,31 @@ impl<M: ManageConnection> Monitor<M> {
                     "drained the {side}: stale connections closed in {:?}",
                     event.duration
                 );
+                let name = &self.shared.config.name;
+                metrics::side_counter(
+                    name,
+                    "mirrorpool_drained_connections_total",
+                    side,
+                    event.closed,
+                );
                 self.shared.events.handle_drain(event);
                 self.drains[side] = None;
             }
         }
     }
 
-    /// Idle timeout, lifetime, `min_idle`, and drain completion.
+    /// Idle timeout, lifetime, `min_idle`, drain completion, and metrics.
     fn upkeep(&mut self, now: Instant) {
+        if cfg!(feature = "metrics") {
+            metrics::publish(&self.shared.config.name, &self.shared.status());
+        }
         for side in Side::BOTH {
             let sub = &self.shared.sides[side];
             let closed = sub.maintain(self.policy.may_connect(side));
             sub.close_later(closed);
+            if let Some(leaks) = &sub.leaks {
+                leaks.report(side, now);
+            }
         }
         self.finish_drains(now);
     }

@@ -253,10 +253,12 @@ impl Policy {
     }
 
     /// Whether the runtime may open pool connections to `side` now (upkeep tops up
-    /// `min_idle`): only while it answers heartbeats (or none finished yet) and is not fenced,
+    /// `min_idle`): only while it answers heartbeats and is not fenced,
     /// so a dead side is not hammered with connects.
     pub(crate) fn may_connect(&self, side: Side) -> bool {
-        matches!(self.sides[side].health, Health::Up | Health::Unknown) && self.fenced != Some(side)
+        // Not before the first heartbeat answered: its connection goes first, so the role
+        // is known (and writers served) as soon as possible.
+        self.sides[side].health == Health::Up && self.fenced != Some(side)
     }
 
     // ----- inputs -----
@@ -390,10 +392,11 @@ impl Policy {
         let st = &mut self.sides[side];
         st.op = None;
         st.requested = Some(now);
-        if !ok {
-            // Retry no sooner than a heartbeat interval from now (see `try_promote`).
-            self.last_promote = Some(now);
-        }
+        // Whatever the result, no new promotion before a heartbeat interval (see
+        // `try_promote`): after a success the next heartbeat (asked for now) shows the new
+        // role well before that; after a failure it is the retry delay.
+        let _ = ok;
+        self.last_promote = Some(now);
         self.decide(now, out);
         Some(now.saturating_duration_since(started))
     }
@@ -496,6 +499,11 @@ impl Policy {
     fn probe_delay(&self, side: Side) -> Duration {
         match self.sides[side].health {
             Health::Suspect | Health::Unknown => self.cfg.suspect_interval,
+            // The side writers left only to wait on a replica is re-checked quickly: if it
+            // was merely slow, writers return as soon as it answers.
+            Health::Down if self.left_down == Some(side) && self.blocked.is_some() => {
+                self.cfg.suspect_interval
+            }
             Health::Down => self.cfg.heartbeat_interval,
             // While writers wait, or the active side is failing, a fresh view of every live side
             // decides how soon writers move (and an orchestrator's promotion is seen at once).
@@ -651,8 +659,12 @@ impl Policy {
         if cut {
             out.push(Action::Sever(from));
         }
-        // A replica that writers only waited on took no writes: its connections stay warm.
-        if reason != SwitchReason::Recovered {
+        // Drained when writers leave for good. Not while they only wait on a replica: a
+        // primary that was merely slow gets them back with its connections warm (they are
+        // drained when the replica is promoted and the old side fenced). Nor when they return
+        // from a replica they only waited on: it took no writes.
+        let waiting = reason == SwitchReason::Failover && self.role(to) == Role::ReadOnly;
+        if !waiting && reason != SwitchReason::Recovered {
             out.push(Action::Drain(from));
         }
     }
@@ -790,6 +802,7 @@ impl Policy {
             {
                 self.fenced = Some(b);
                 out.push(Action::Sever(b));
+                out.push(Action::Drain(b));
             }
             if let Some(back) = self.failback_due(now) {
                 self.switch_to(back, SwitchReason::Failback, now, out);
@@ -909,6 +922,7 @@ impl Policy {
         if self.fenced != Some(peer) {
             self.fenced = Some(peer);
             out.push(Action::Sever(peer));
+            out.push(Action::Drain(peer));
         }
         self.promoting = Some(cand);
         let retry_ok = self

@@ -123,6 +123,7 @@ impl<M: ManageConnection> MirrorPool<M> {
                     probes: ProbeRequester(tx.clone()),
                     customizer: customizer.clone(),
                     events: events.clone(),
+                    leak_threshold: config.leak_detection_threshold,
                 },
             )
         };
@@ -259,6 +260,38 @@ impl<M: ManageConnection> MirrorPool<M> {
                 Checkout::Closed => return Err(GetError::Closed),
             }
         };
+        if let (Some(limit), Some(w), Ok(conn)) =
+            (shared.config.slow_checkout_threshold, wait, &result)
+        {
+            let waited = w.started.elapsed();
+            if waited >= limit {
+                log::warn!(
+                    "get() waited {waited:?} for a {} connection (slow_checkout_threshold {limit:?})",
+                    PooledConnection::side(conn)
+                );
+            }
+        }
+        // Only the slow path (a clock was read anyway) reaches the metrics.
+        if cfg!(feature = "metrics") {
+            if let Some(w) = wait {
+                let name = &shared.config.name;
+                match &result {
+                    Ok(conn) => crate::metrics::seconds(
+                        name,
+                        "mirrorpool_checkout_wait_seconds",
+                        PooledConnection::side(conn),
+                        w.started.elapsed(),
+                    ),
+                    Err(e) if e.is_timeout() => crate::metrics::side_counter(
+                        name,
+                        "mirrorpool_checkout_timeouts_total",
+                        explicit.unwrap_or(shared.routing.read().active),
+                        1,
+                    ),
+                    Err(_) => {}
+                }
+            }
+        }
         if shared.events.enabled() {
             self.report_checkout(&result, wait, timeout);
         }
@@ -349,29 +382,7 @@ impl<M: ManageConnection> MirrorPool<M> {
     /// Briefly takes the monitor's status lock and each side's pool lock (for the last
     /// connect error): fine for a metrics scrape, not meant for every checkout.
     pub fn status(&self) -> Status {
-        let shared = self.shared();
-        let mut status = shared.view.lock().clone();
-        {
-            let r = shared.routing.read();
-            status.active = r.active;
-            status.blocked = r.blocked.clone();
-        }
-        status.max_size = shared.config.max_size;
-        for side in Side::BOTH {
-            let c = shared.sides[side].counts();
-            let s = status.side_mut(side);
-            s.connections = c.open;
-            s.idle = c.idle;
-            s.pending = c.pending;
-            s.in_use = c.open.saturating_sub(c.idle + c.pending);
-            s.waiters = c.waiters;
-            s.stale = c.stale_out;
-            s.created = c.created;
-            s.closed = c.closed;
-            s.connect_failures = c.connect_failures;
-            s.last_connect_error = shared.sides[side].last_error();
-        }
-        status
+        self.shared().status()
     }
 
     /// The side `get()` serves from.
@@ -524,6 +535,9 @@ pub struct PooledConnection<M: ManageConnection> {
 impl<M: ManageConnection> PooledConnection<M> {
     fn new(sub: Arc<SubPool<M>>, conn: Conn<M>) -> Self {
         let checked_out_at = sub.events.enabled().then(Instant::now);
+        if let Some(leaks) = &sub.leaks {
+            leaks.checked_out(conn.id);
+        }
         PooledConnection {
             sub,
             conn: Some(conn),
@@ -641,6 +655,9 @@ impl<M: ManageConnection> Drop for PooledConnection<M> {
                     broken = true;
                 }
             }
+        }
+        if let Some(leaks) = &sub.leaks {
+            leaks.returned(conn.id, sub.side);
         }
         if let Some(at) = self.checked_out_at {
             sub.events.emit(Event::Checkin(CheckinEvent {

@@ -75,7 +75,9 @@ struct Setup<M: ManageConnection> {
 /// One side's current prober thread, replaced when abandoned.
 pub(crate) struct Prober<M: ManageConnection> {
     setup: Arc<Setup<M>>,
-    jobs: Option<Sender<Job>>,
+    /// The current thread's job queue (one slot), with a receiver to take back a job that
+    /// is still queued when a newer one comes.
+    jobs: Option<(Sender<Job>, Receiver<Job>)>,
     /// When the current thread started the call it is in, in ms since `epoch` (+1; 0: idle).
     busy_since: Arc<AtomicU64>,
     seq: u64,
@@ -150,16 +152,25 @@ impl<M: ManageConnection> Prober<M> {
             self.jobs = self.spawn();
         }
         let failed = match &self.jobs {
-            // Never block the monitor. A job that finds another still queued behind a slow call
-            // is dropped: the policy times it out like a heartbeat that got no answer, while
-            // the slow call may still answer late.
-            Some(tx) => match tx.try_send(job) {
-                Ok(()) | Err(TrySendError::Full(_)) => None,
-                Err(TrySendError::Disconnected(job)) => {
-                    self.jobs = None;
-                    Some((job, "the heartbeat thread ended"))
+            // Never block the monitor. A job that finds an older one still queued behind a
+            // slow call takes its place: the first job the thread runs once the slow call
+            // returns is then the newest, whose answer counts (the older one's would be stale).
+            Some((tx, rx)) => {
+                let job = match tx.try_send(job) {
+                    Err(TrySendError::Full(job)) => {
+                        let _ = rx.try_recv();
+                        tx.try_send(job)
+                    }
+                    other => other,
+                };
+                match job {
+                    Ok(()) | Err(TrySendError::Full(_)) => None,
+                    Err(TrySendError::Disconnected(job)) => {
+                        self.jobs = None;
+                        Some((job, "the heartbeat thread ended"))
+                    }
                 }
-            },
+            }
             None => Some((job, "earlier heartbeats are still hung")),
         };
         if let Some((job, why)) = failed {
@@ -186,7 +197,7 @@ impl<M: ManageConnection> Prober<M> {
         }
     }
 
-    fn spawn(&mut self) -> Option<Sender<Job>> {
+    fn spawn(&mut self) -> Option<(Sender<Job>, Receiver<Job>)> {
         let setup = &self.setup;
         // One live thread is the current prober; more are hung ones.
         if setup.live_threads.load(Ordering::Acquire) > MAX_HUNG_PROBERS {
@@ -199,6 +210,7 @@ impl<M: ManageConnection> Prober<M> {
             busy_since: busy_since.clone(),
             setup: setup.clone(),
         };
+        let taken_back = rx.clone();
         setup.live_threads.fetch_add(1, Ordering::AcqRel);
         let spawned = thread::Builder::new()
             .name(format!("mirrorpool-heartbeat-{}", setup.side))
@@ -206,7 +218,7 @@ impl<M: ManageConnection> Prober<M> {
         match spawned {
             Ok(_) => {
                 self.busy_since = busy_since;
-                Some(tx)
+                Some((tx, taken_back))
             }
             Err(e) => {
                 setup.live_threads.fetch_sub(1, Ordering::AcqRel);

@@ -40,7 +40,7 @@
 //! - The finder reads `/proc/self/fd` and makes a few system calls per socket of the process,
 //!   once per connect.
 
-#![cfg_attr(not(feature = "postgres"), allow(dead_code))] // used by the postgres backend so far
+#![cfg_attr(not(feature = "postgres"), allow(dead_code))] // the search is the postgres backend's
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -240,6 +240,21 @@ impl fmt::Debug for SocketHandle {
 }
 
 impl SocketHandle {
+    /// Claims the socket behind a descriptor the backend knows (the `mysql` crate exposes
+    /// its connection's): no search needed. `None` if it is not a socket or already claimed.
+    pub(crate) fn of_fd(fd: Fd) -> Option<Arc<SocketHandle>> {
+        let inode = sys::socket_inode_of(fd)?;
+        let mut claimed = CLAIMED.lock();
+        if claimed.contains(&inode) {
+            return None;
+        }
+        claimed.push(inode);
+        Some(Arc::new(SocketHandle {
+            fd: Mutex::new(Some(fd)),
+            inode,
+        }))
+    }
+
     /// A duplicate of the client's descriptor, if it still refers to this socket.
     fn dup(&self) -> Option<OwnedSocket> {
         let fd = self.fd.lock();
@@ -627,6 +642,18 @@ mod sys {
         }
     }
 
+    /// The inode of the socket `fd` refers to, if it is an open socket.
+    pub(crate) fn socket_inode_of(fd: Fd) -> Option<u64> {
+        if fd < 0 {
+            return None;
+        }
+        // SAFETY: as in `dup_checked`: a borrowed number, duplicated and checked.
+        let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+        let file = fs::File::from(borrowed.try_clone_to_owned().ok()?);
+        let meta = file.metadata().ok()?;
+        ((meta.st_mode() & libc::S_IFMT) == libc::S_IFSOCK).then(|| meta.st_ino())
+    }
+
     /// Duplicates `fd` if it is open and refers to the socket `inode`.
     pub(crate) fn dup_checked(fd: Fd, inode: u64) -> Option<OwnedSocket> {
         if fd < 0 {
@@ -685,6 +712,10 @@ mod sys {
     impl OwnedSocket {
         pub(crate) fn shutdown(&self) {}
         pub(crate) fn set_user_timeout(&self, _timeout: Duration) {}
+    }
+
+    pub(crate) fn socket_inode_of(_fd: Fd) -> Option<u64> {
+        None
     }
 
     pub(crate) fn dup_checked(_fd: Fd, _inode: u64) -> Option<OwnedSocket> {

@@ -71,6 +71,35 @@ impl<M: ManageConnection> Shared<M> {
         }
     }
 
+    /// A snapshot for `status()`, metrics and `build_checked`.
+    pub(crate) fn status(&self) -> Status {
+        let mut status = self.view.lock().clone();
+        {
+            let r = self.routing.read();
+            status.active = r.active;
+            status.blocked = r.blocked.clone();
+        }
+        status.max_size = self.config.max_size;
+        for side in Side::BOTH {
+            let sub = &self.sides[side];
+            let c = sub.counts();
+            let s = status.side_mut(side);
+            s.connections = c.open;
+            s.idle = c.idle;
+            s.pending = c.pending;
+            s.in_use = c.open.saturating_sub(c.idle + c.pending);
+            s.waiters = c.waiters;
+            s.stale = c.stale_out;
+            s.created = c.created;
+            s.closed = c.closed;
+            s.connect_failures = c.connect_failures;
+            let (error, checkouts) = sub.last_error_and_checkouts();
+            s.last_connect_error = error;
+            s.checkouts = checkouts;
+        }
+        status
+    }
+
     pub(crate) fn side_report(&self, view: &Status, side: Side) -> SideReport {
         let s = view.side(side);
         SideReport {

@@ -22,6 +22,7 @@ use crate::config::Customizer;
 use crate::error::Cause;
 use crate::event::{AcquireEvent, Event, ReleaseEvent};
 use crate::extensions::Extensions;
+use crate::leaks::Leaks;
 use crate::report::{catch, Events};
 use crate::shared::ProbeRequester;
 use crate::side::Side;
@@ -83,6 +84,8 @@ struct Inner<M: ManageConnection> {
     /// Connections callers returned unbroken: evidence the side answers them (see
     /// `Policy::on_progress`). Kept under the lock the return already holds.
     returned: u64,
+    /// Connections handed out (under the lock the checkout already holds).
+    checkouts: u64,
 }
 
 /// Lock-free counters for status reports: metrics must never contend with checkouts.
@@ -117,6 +120,7 @@ pub(crate) struct Wiring<M: ManageConnection> {
     pub probes: ProbeRequester,
     pub customizer: Option<Customizer<M>>,
     pub events: Events,
+    pub leak_threshold: Option<Duration>,
 }
 
 /// A caller's wait, begun when it first found no idle connection (the fast path reads no
@@ -152,6 +156,8 @@ pub(crate) struct SubPool<M: ManageConnection> {
     probes: ProbeRequester,
     customizer: Option<Customizer<M>>,
     pub(crate) events: Events,
+    /// Checked-out connections, when leak detection is on.
+    pub(crate) leaks: Option<Leaks>,
     cfg: SubPoolConfig,
     clock: Arc<CoarseClock>,
     me: Weak<SubPool<M>>,
@@ -172,6 +178,7 @@ impl<M: ManageConnection> SubPool<M> {
             probes: wiring.probes,
             customizer: wiring.customizer,
             events: wiring.events,
+            leaks: wiring.leak_threshold.map(Leaks::new),
             cfg,
             clock: wiring.clock,
             inner: Mutex::new(Inner {
@@ -187,6 +194,7 @@ impl<M: ManageConnection> SubPool<M> {
                 retry_at: None,
                 closed: false,
                 returned: 0,
+                checkouts: 0,
             }),
             cond: Condvar::new(),
             counters: Counters::default(),
@@ -231,6 +239,13 @@ impl<M: ManageConnection> SubPool<M> {
     /// How many connections callers have returned unbroken (wrapping).
     pub(crate) fn returned(&self) -> u64 {
         self.inner.lock().returned
+    }
+
+    /// The last connect or validation error and how many connections were handed out (one
+    /// lock for both).
+    pub(crate) fn last_error_and_checkouts(&self) -> (Option<Cause>, u64) {
+        let inner = self.inner.lock();
+        (inner.last_error.clone(), inner.checkouts)
     }
 
     pub(crate) fn last_error(&self) -> Option<Cause> {
@@ -314,6 +329,7 @@ impl<M: ManageConnection> SubPool<M> {
 
     /// Called with the lock held after a connection left the idle list.
     fn after_take(&self, inner: &mut Inner<M>) {
+        inner.checkouts = inner.checkouts.wrapping_add(1);
         // Keep `min_idle` warm, but never more connects than needed.
         if (inner.idle.len() as u32 + inner.pending) < self.cfg.min_idle
             && inner.open < self.cfg.max_size

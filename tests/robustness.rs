@@ -397,6 +397,8 @@ fn an_r2d2_customizer_runs_on_every_pool_connection_opened_and_closed() {
     let conn = pool.get().unwrap();
     assert!(c.acquired.load(Ordering::SeqCst) >= 1);
     drop(conn);
+    // The mirror's warm connection, opened while the customizer still succeeds.
+    assert!(wait_until(LONG, || pool.status().mirror.idle >= 1));
     // A customizer failing (here: panicking) in on_acquire fails the connect, clearly.
     c.fail.store(true, Ordering::SeqCst);
     pool.switch_over(Side::Mirror).unwrap();

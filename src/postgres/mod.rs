@@ -25,12 +25,12 @@
 //!
 //! Without `pg_monitor` PostgreSQL shows the role only the process ids in
 //! `pg_stat_replication` and `pg_stat_wal_receiver`: heartbeats then report the mirror's link
-//! to its primary as unknown ([`Upstream::streaming`](crate::Upstream) `None`, never "not
+//! to its primary as unknown ([`Upstream::streaming`](crate::backend::Upstream) `None`, never "not
 //! streaming") and the primary's replica count and replay lag as unknown. Every heartbeat
-//! reports both privileges ([`Observation::privileges`](crate::Observation::privileges)):
+//! reports both privileges ([`Observation::privileges`](crate::backend::Observation::privileges)):
 //! `Access::Denied` carries a text that names the missing grant.
 //!
-//! Identity ([`Observation::identity`](crate::Observation::identity)): `cluster` is the
+//! Identity ([`Observation::identity`](crate::backend::Observation::identity)): `cluster` is the
 //! `system_identifier` from `pg_control_system()`, which PUBLIC may execute by default (`None`
 //! if an administrator revoked that); `instance` hashes it with the postmaster's start time,
 //! the server's address and its `port` setting, so it differs between the two servers of a
