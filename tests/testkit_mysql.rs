@@ -183,14 +183,13 @@ fn the_mirror_is_a_read_only_gtid_replica_with_quick_failure_detection_and_the_p
             socket.starts_with(&*pair.dir().to_string_lossy()),
             "{socket}"
         );
-        let datadir = server
-            .query_one_string("SELECT @@datadir")
-            .unwrap()
-            .unwrap();
-        assert!(
-            datadir.starts_with(&*pair.dir().to_string_lossy()),
-            "{datadir}"
-        );
+        for variable in ["@@datadir", "@@tmpdir"] {
+            let dir = server
+                .query_one_string(&format!("SELECT {variable}"))
+                .unwrap()
+                .unwrap();
+            assert!(dir.starts_with(&*pair.dir().to_string_lossy()), "{dir}");
+        }
     }
     // Asynchronous by default.
     assert_eq!(

@@ -202,6 +202,28 @@ pub(crate) fn log_tail(path: &Path, from: u64, max_lines: usize) -> String {
     }
 }
 
+/// What a failed program's log says: its last `max_lines` lines from byte
+/// `from` on, preceded by up to 10 earlier lines that report an error (a
+/// program may bury its error under a page of advice, as
+/// `mariadb-install-db` does).
+pub(crate) fn log_excerpt(path: &Path, from: u64, max_lines: usize) -> String {
+    let everything = log_tail(path, from, usize::MAX);
+    let lines: Vec<&str> = everything.lines().collect();
+    let tail_start = lines.len().saturating_sub(max_lines);
+    let errors: Vec<&str> = lines[..tail_start]
+        .iter()
+        .copied()
+        .filter(|l| l.contains("ERROR") || l.contains("FATAL") || l.contains("error:"))
+        .collect();
+    let errors = &errors[errors.len().saturating_sub(10)..];
+    let tail = lines[tail_start..].join("\n");
+    if errors.is_empty() {
+        tail
+    } else {
+        format!("{}\n[...]\n{tail}", errors.join("\n"))
+    }
+}
+
 /// `now + timeout`, saturating instead of panicking for huge timeouts.
 pub(crate) fn deadline_after(timeout: Duration) -> Instant {
     let now = Instant::now();
@@ -261,14 +283,14 @@ pub(crate) fn run_with_timeout(
         Some(status) => Err(TestkitError::CommandFailed {
             command: what.to_owned(),
             status: status.to_string(),
-            output: log_tail(log, start_offset, 30),
+            output: log_excerpt(log, start_offset, 30),
         }),
         None => {
             kill_and_reap(&mut child, Duration::from_secs(5));
             Err(TestkitError::CommandTimedOut {
                 command: what.to_owned(),
                 timeout,
-                output: log_tail(log, start_offset, 30),
+                output: log_excerpt(log, start_offset, 30),
             })
         }
     }
@@ -435,6 +457,22 @@ mod tests {
         assert!(signal(1, 0).is_err());
         assert!(signal(u32::MAX, 0).is_err());
         assert!(signal(std::process::id(), 0).is_ok());
+    }
+
+    #[test]
+    fn an_excerpt_keeps_errors_buried_above_the_tail() {
+        let tmp = tempfile::tempdir().unwrap();
+        let p = tmp.path().join("log");
+        fs::write(
+            &p,
+            "start\n[ERROR] the cause\nadvice 1\nadvice 2\nadvice 3\n",
+        )
+        .unwrap();
+        assert_eq!(
+            log_excerpt(&p, 0, 2),
+            "[ERROR] the cause\n[...]\nadvice 2\nadvice 3"
+        );
+        assert_eq!(log_excerpt(&p, 0, 10), log_tail(&p, 0, 10));
     }
 
     #[test]

@@ -45,13 +45,16 @@ pub(super) fn create_user_sql(name: &str, grants: Grants) -> String {
     sql
 }
 
-/// The primary's set-up: the replication login (no password, loopback
-/// only, like PostgreSQL's trusted replication), the database, the
-/// application login.
+/// The primary's set-up: the superuser and the replication login over TCP
+/// from any loopback address (no password, like PostgreSQL's trusted
+/// `127.0.0.0/8`; a [`TcpProxy`](crate::testkit::TcpProxy) connects from
+/// 127.0.0.2), the database, the application login.
 pub(super) fn primary_setup_sql(app_user: &str, grants: Grants) -> String {
     format!(
-        "CREATE USER '{REPLICATION_USER}'@'127.0.0.1';\
-         GRANT REPLICATION SLAVE ON *.* TO '{REPLICATION_USER}'@'127.0.0.1';\
+        "CREATE USER '{SUPERUSER}'@'127.%';\
+         GRANT ALL PRIVILEGES ON *.* TO '{SUPERUSER}'@'127.%' WITH GRANT OPTION;\
+         CREATE USER '{REPLICATION_USER}'@'127.%';\
+         GRANT REPLICATION SLAVE ON *.* TO '{REPLICATION_USER}'@'127.%';\
          CREATE DATABASE `{DATABASE}`;{}",
         create_user_sql(app_user, grants)
     )
@@ -345,7 +348,7 @@ mod tests {
         assert!(sql.contains("MASTER_USE_GTID = slave_pos"));
         assert!(sql.contains("MASTER_HEARTBEAT_PERIOD = 0.5"));
         let setup = primary_setup_sql("app", Grants::none());
-        assert!(setup.contains("GRANT REPLICATION SLAVE ON *.* TO 'repl'@'127.0.0.1'"));
+        assert!(setup.contains("GRANT REPLICATION SLAVE ON *.* TO 'repl'@'127.%'"));
         assert!(setup.contains("CREATE DATABASE `mirrorpool`"));
     }
 

@@ -9,7 +9,7 @@ use crate::testkit::error::TestkitError;
 
 /// Options whose value the test kit must control (compared with `-` read as
 /// `_`, case-insensitively).
-const RESERVED_SETTINGS: [&str; 13] = [
+const RESERVED_SETTINGS: [&str; 14] = [
     "port",
     "socket",
     "datadir",
@@ -23,6 +23,7 @@ const RESERVED_SETTINGS: [&str; 13] = [
     "user",
     "read_only",
     "log_error",
+    "tmpdir",
 ];
 
 /// The `read_only` lines the option file may hold; [`set_read_only`] swaps
@@ -71,6 +72,9 @@ pub(super) struct ServerOptions {
     pub(super) data_dir: PathBuf,
     pub(super) socket: PathBuf,
     pub(super) pid_file: PathBuf,
+    /// The server's own directory for temporary files (not `/tmp`, which
+    /// concurrent servers would share).
+    pub(super) tmp_dir: PathBuf,
     pub(super) read_only: bool,
     /// Semi-synchronous replication: the primary waits for the mirror's
     /// acknowledgement (after the binlog sync, before the commit), at most
@@ -94,6 +98,7 @@ impl ServerOptions {
             format!("datadir = {}", escape(&self.data_dir.to_string_lossy())),
             format!("socket = {}", escape(&self.socket.to_string_lossy())),
             format!("pid_file = {}", escape(&self.pid_file.to_string_lossy())),
+            format!("tmpdir = {}", escape(&self.tmp_dir.to_string_lossy())),
             format!("port = {}", self.port),
             format!("bind_address = {HOST}"),
             "skip_name_resolve = ON".to_owned(),
@@ -186,6 +191,7 @@ mod tests {
             data_dir: PathBuf::from("/tmp/x/primary"),
             socket: PathBuf::from("/tmp/x/primary.sock"),
             pid_file: PathBuf::from("/tmp/x/primary.pid"),
+            tmp_dir: PathBuf::from("/tmp/x/primary-tmp"),
             read_only: !primary,
             semi_sync_timeout: Some(Duration::from_secs(10)),
             primary,
@@ -226,6 +232,7 @@ mod tests {
             "port = 40000",
             "bind_address = 127.0.0.1",
             "server_id = 1",
+            "tmpdir = /tmp/x/primary-tmp",
             "log_slave_updates = ON",
             "gtid_strict_mode = ON",
             "slave_net_timeout = 2",

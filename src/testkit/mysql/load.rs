@@ -5,7 +5,9 @@ use std::collections::HashSet;
 use ::mysql::prelude::Queryable;
 use ::mysql::Row;
 
+use crate::mysql::{MyConnection, MysqlManager};
 use crate::testkit::error::TestkitError;
+use crate::testkit::load::LoadTable;
 use crate::testkit::roles;
 
 /// A `(writer INT, seq BIGINT)` InnoDB table for
@@ -70,5 +72,15 @@ impl MyTable {
             rows.insert((writer, seq));
         }
         Ok(rows)
+    }
+}
+
+impl LoadTable<MysqlManager> for MyTable {
+    fn insert(&self, conn: &mut MyConnection, writer: i32, seq: i64) -> Result<(), ::mysql::Error> {
+        MyTable::insert(self, conn.conn_mut(), writer, seq)
+    }
+
+    fn read_rows(&self, conn: &mut MyConnection) -> Result<Vec<(i32, i64)>, ::mysql::Error> {
+        Ok(self.rows(conn.conn_mut())?.into_iter().collect())
     }
 }

@@ -35,14 +35,14 @@ use super::server::{self, PauseGuard, ProcessSpec, ServerProcess, KILL_WAIT};
 pub use self::load::MyTable;
 
 /// The administrative superuser, passwordless, for the test kit and tests
-/// (over the Unix socket, or TCP from 127.0.0.1).
+/// (over the Unix socket, or TCP from a loopback address).
 pub const MY_SUPERUSER: &str = "root";
 /// The database the application role works in.
 pub const MY_DATABASE: &str = "mirrorpool";
 const SUPERUSER: &str = MY_SUPERUSER;
 const DATABASE: &str = MY_DATABASE;
 /// The login the mirror replicates as (`REPLICATION SLAVE` only, no
-/// password, from 127.0.0.1 only).
+/// password, from loopback addresses only).
 const REPLICATION_USER: &str = "repl";
 
 /// The only address the servers listen on.
@@ -202,6 +202,12 @@ impl MyPairBuilder {
         });
         log::info!("testkit: creating MariaDB pair in {}", root.display());
 
+        for name in ["primary", "mirror"] {
+            let tmp = root.join(format!("{name}-tmp"));
+            std::fs::create_dir(&tmp)
+                .map_err(|e| TestkitError::io(format!("creating {}", tmp.display()), e))?;
+            os::chown_to(&tmp, run_as)?;
+        }
         // One installation, copied: the system tables are the same on both.
         let primary_dir = root.join("primary");
         let mut install = ctx.options("primary", 0);
@@ -404,6 +410,7 @@ impl Ctx {
             data_dir: self.root.join(name),
             socket: self.root.join(format!("{name}.sock")),
             pid_file: self.root.join(format!("{name}.pid")),
+            tmp_dir: self.root.join(format!("{name}-tmp")),
             read_only: !primary,
             semi_sync_timeout: self.semi_sync_timeout,
             primary,
