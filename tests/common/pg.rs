@@ -241,8 +241,9 @@ impl Engine for Pg {
         timeline - 1
     }
 
-    fn limit_app_connections(&self, server: &PgServer, limit: Option<u32>) {
-        let limit = limit.map_or(-1, i64::from);
+    fn refuse_new_app_connections(&self, server: &PgServer, refuse: bool) {
+        // PostgreSQL answers 53300 (too many connections) to a role over its limit.
+        let limit = if refuse { 0 } else { -1 };
         server
             .execute(&format!("ALTER ROLE {APP_USER} CONNECTION LIMIT {limit}"))
             .expect("limit");

@@ -155,8 +155,9 @@ pub trait Engine: Sync {
     fn write_many_rows(&self, pair: &Self::Pair);
     /// How many times `server` was promoted since it was created.
     fn promotions(&self, server: &Self::Server) -> i64;
-    /// Limits the application role's connections on `server` (`None`: no limit).
-    fn limit_app_connections(&self, server: &Self::Server, limit: Option<u32>);
+    /// Makes `server` refuse new connections of the application role for capacity ("too
+    /// many connections") while the open ones keep working (`false`: accept them again).
+    fn refuse_new_app_connections(&self, server: &Self::Server, refuse: bool);
     /// Ends the pool's heartbeat sessions on `server`; returns how many.
     fn end_heartbeat_sessions(&self, server: &Self::Server) -> i64;
     /// The application role's sessions on `server`.
@@ -1178,7 +1179,7 @@ pub fn a_primary_at_its_connection_limit_is_saturated_not_down_and_writers_stay<
     // The role may open no new connection; the ones open work on. Then the heartbeat loses its
     // session and cannot open another.
     let primary = e.primary(&pair);
-    e.limit_app_connections(primary, Some(0));
+    e.refuse_new_app_connections(primary, true);
     let ended = e.end_heartbeat_sessions(primary);
     assert!(
         ended >= 1,
@@ -1197,7 +1198,7 @@ pub fn a_primary_at_its_connection_limit_is_saturated_not_down_and_writers_stay<
     assert_eq!(status.primary.health, Health::Up, "{status:?}");
     assert_eq!(status.switches, 0, "a full primary is not failed over from");
     expect_acks(&load, Side::Primary, Some(since), 20, &pool);
-    e.limit_app_connections(primary, None);
+    e.refuse_new_app_connections(primary, false);
     assert!(wait_until(LONG, || !pool.status().primary.saturated));
     let ledger = load.stop();
     assert_no_get_failed(&ledger);
