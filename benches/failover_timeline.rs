@@ -62,6 +62,7 @@ fn wait(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
 fn new_pair(synchronous: bool) -> PgPair {
     let pair = PgPair::builder()
         .synchronous(synchronous)
+        .app_grants(mirrorpool::testkit::Grants::all())
         .start()
         .unwrap_or_else(|e| panic!("cannot start a PostgreSQL pair: {e}"));
     pair.primary().execute(&table().create_sql()).unwrap();

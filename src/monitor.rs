@@ -280,7 +280,11 @@ impl<M: ManageConnection> Monitor<M> {
     fn carry_out(&mut self, action: Action, now: Instant) {
         let shared = &self.shared;
         match action {
-            Action::Probe(side) => self.probers[side].probe(),
+            Action::Probe(side) => {
+                // Callers' work counts as the side answering only if begun from now on.
+                shared.sides[side].mark_progress();
+                self.probers[side].probe();
+            }
             Action::AbandonProbe(side) => {
                 log::debug!("abandoning a heartbeat of the {side} that got no answer in time");
                 self.probers[side].abandon();

@@ -143,8 +143,6 @@ pub(crate) struct SideState {
     saturated: bool,
     /// Every failure in the current run of failures was a timeout (no error answer).
     timeouts_only: bool,
-    /// When callers were last seen returning connections of this side unbroken.
-    progress: Option<Instant>,
     /// Whether its commits waited for a replica, as last reported.
     last_sync: Option<bool>,
 }
@@ -165,7 +163,6 @@ impl SideState {
             requested: None,
             saturated: false,
             timeouts_only: true,
-            progress: None,
             last_sync: None,
         }
     }
@@ -271,16 +268,7 @@ impl Policy {
                     if now >= after(started, self.cfg.heartbeat_timeout) =>
                 {
                     out.push(Action::AbandonProbe(side));
-                    if self.sides[side].progress.is_some_and(|p| p >= started) {
-                        // Callers were served by this side while its heartbeat waited: it is
-                        // slow (a CPU-starved host), not dead. A hung or cut-off server
-                        // serves nobody, so this never hides one.
-                        let st = &mut self.sides[side];
-                        st.op = None;
-                        st.last_done = Some(now);
-                    } else {
-                        self.record_failure(side, started, now, true, out);
-                    }
+                    self.record_failure(side, started, now, true, out);
                 }
                 Some(Op::Promote { started })
                     if now >= after(started, self.cfg.promotion_timeout) =>
@@ -357,12 +345,14 @@ impl Policy {
         self.decide(now, out);
     }
 
-    /// Callers returned connections of `side` unbroken since the last input: the side answers
-    /// them. A heartbeat that times out meanwhile is not counted as a failure, and a side that
-    /// only timed out is up again.
+    /// Callers returned connections of `side` unbroken that they took after its latest
+    /// heartbeat was sent: the side answers them. A side that is suspect only because its
+    /// heartbeats timed out is up again, so a slow (CPU-starved) server whose callers are
+    /// served never collects `failure_threshold` timeouts in a row. A hung or cut-off server
+    /// completes no new work, so this never hides one; a heartbeat that got an error answer is
+    /// never forgiven.
     pub(crate) fn on_progress(&mut self, side: Side, now: Instant, out: &mut Vec<Action>) {
-        let st = &mut self.sides[side];
-        st.progress = Some(now);
+        let st = &self.sides[side];
         // Only timeouts are forgiven: a heartbeat that got an error saw something wrong.
         if st.health == Health::Suspect && st.timeouts_only {
             self.mark_up(side, now, out);

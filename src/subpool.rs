@@ -39,6 +39,9 @@ pub(crate) struct Conn<M: ManageConnection> {
     pub(crate) conn: M::Connection,
     pub(crate) id: u64,
     pub(crate) extensions: Extensions,
+    /// `Inner::checkouts` when it was last taken: tells returns of work that began after a
+    /// heartbeat started from returns of work already in flight then.
+    taken_seq: u64,
     generation: u64,
     created_ms: u64,
     /// When it was last returned (or opened), on the coarse clock.
@@ -81,9 +84,12 @@ struct Inner<M: ManageConnection> {
     connect_failures: u32,
     retry_at: Option<Instant>,
     last_error: Option<Cause>,
-    /// Connections callers returned unbroken: evidence the side answers them (see
+    /// Connections returned unbroken that were taken after `progress_mark`: evidence that the
+    /// side completed work begun after the heartbeat in flight was sent (see
     /// `Policy::on_progress`). Kept under the lock the return already holds.
     returned: u64,
+    /// `checkouts` when the monitor last started a heartbeat of this side.
+    progress_mark: u64,
     /// Connections handed out (under the lock the checkout already holds).
     checkouts: u64,
 }
@@ -194,6 +200,7 @@ impl<M: ManageConnection> SubPool<M> {
                 retry_at: None,
                 closed: false,
                 returned: 0,
+                progress_mark: 0,
                 checkouts: 0,
             }),
             cond: Condvar::new(),
@@ -236,9 +243,16 @@ impl<M: ManageConnection> SubPool<M> {
         self.probes.request(self.side);
     }
 
-    /// How many connections callers have returned unbroken (wrapping).
+    /// How many connections callers have returned unbroken that they took after the last
+    /// [`mark_progress`](Self::mark_progress) (wrapping).
     pub(crate) fn returned(&self) -> u64 {
         self.inner.lock().returned
+    }
+
+    /// A heartbeat of this side starts now: only work begun from here on counts as progress.
+    pub(crate) fn mark_progress(&self) {
+        let mut inner = self.inner.lock();
+        inner.progress_mark = inner.checkouts;
     }
 
     /// The last connect or validation error and how many connections were handed out (one
@@ -256,18 +270,14 @@ impl<M: ManageConnection> SubPool<M> {
     /// `prober.rs`): no validation, counted as checked out until [`SubPool::checkin`].
     pub(crate) fn borrow_idle(&self) -> Option<Conn<M>> {
         let mut inner = self.inner.lock();
-        let conn = inner.idle.pop()?;
-        self.after_take(&mut inner);
-        Some(conn)
+        self.take_idle(&mut inner)
     }
 
     /// Takes an idle connection without waiting or connecting (`try_get`).
     pub(crate) fn try_take(&self) -> Option<Conn<M>> {
         let conn = {
             let mut inner = self.inner.lock();
-            let conn = inner.idle.pop()?;
-            self.after_take(&mut inner);
-            conn
+            self.take_idle(&mut inner)?
         };
         self.validated(conn).ok()
     }
@@ -294,8 +304,7 @@ impl<M: ManageConnection> SubPool<M> {
             if inner.error_seq != seen_errors {
                 return Checkout::Failed;
             }
-            if let Some(conn) = inner.idle.pop() {
-                self.after_take(&mut inner);
+            if let Some(conn) = self.take_idle(&mut inner) {
                 drop(inner);
                 return match self.validated(conn) {
                     Ok(conn) => Checkout::Got(conn),
@@ -327,9 +336,17 @@ impl<M: ManageConnection> SubPool<M> {
         }
     }
 
+    /// Takes the most recently returned idle connection (LIFO), with the lock held.
+    fn take_idle(&self, inner: &mut Inner<M>) -> Option<Conn<M>> {
+        let mut conn = inner.idle.pop()?;
+        inner.checkouts = inner.checkouts.wrapping_add(1);
+        conn.taken_seq = inner.checkouts;
+        self.after_take(inner);
+        Some(conn)
+    }
+
     /// Called with the lock held after a connection left the idle list.
     fn after_take(&self, inner: &mut Inner<M>) {
-        inner.checkouts = inner.checkouts.wrapping_add(1);
         // Keep `min_idle` warm, but never more connects than needed.
         if (inner.idle.len() as u32 + inner.pending) < self.cfg.min_idle
             && inner.open < self.cfg.max_size
@@ -470,6 +487,7 @@ impl<M: ManageConnection> SubPool<M> {
                     conn,
                     id,
                     extensions: Extensions::default(),
+                    taken_seq: 0,
                     generation,
                     created_ms: now_ms,
                     idle_since_ms: now_ms,
@@ -543,8 +561,10 @@ impl<M: ManageConnection> SubPool<M> {
             return;
         }
         conn.idle_since_ms = now_ms;
+        if conn.taken_seq > inner.progress_mark {
+            inner.returned = inner.returned.wrapping_add(1);
+        }
         inner.idle.push(conn);
-        inner.returned = inner.returned.wrapping_add(1);
         // The hot path: only the idle count changed.
         self.idle_count
             .store(inner.idle.len() as u32, Ordering::Relaxed);

@@ -100,6 +100,9 @@ fn per_connection_events_arrive_under_r2d2_names_at_every_handler() {
     assert!(err.is_timeout());
     drop(conn);
     drop(pool);
+    // Connections are closed (and released) on a background thread.
+    let release = format!("release {id}");
+    assert!(wait_until(LONG, || r2d2.0.lock().contains(&release)));
     let lines = r2d2.0.lock().clone();
     for want in [
         format!("acquire {id}"),
