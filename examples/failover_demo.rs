@@ -8,8 +8,9 @@
 use std::thread;
 use std::time::{Duration, Instant};
 
+use mirrorpool::event::Event;
 use mirrorpool::postgres::{PostgresManager, PostgresPool};
-use mirrorpool::testkit::{EventLog, Load, PgPair, PgTable};
+use mirrorpool::testkit::{EventLog, Grants, Load, PgPair, PgTable};
 use mirrorpool::Side;
 use postgres::NoTls;
 
@@ -17,7 +18,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let t0 = Instant::now();
     println!("starting a PostgreSQL primary + synchronous mirror ...");
-    let pair = PgPair::builder().synchronous(true).start()?;
+    // The application role may promote (and see replication, which confirming the primary's
+    // failure before promoting needs).
+    let pair = PgPair::builder()
+        .synchronous(true)
+        .app_grants(Grants::all())
+        .start()?;
     let table = PgTable::new("demo")?;
     pair.primary().execute(&table.create_sql())?;
     pair.wait_for_mirror_streaming(Duration::from_secs(30))?;
@@ -29,11 +35,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
 
     let start = Instant::now();
-    // Prints every pool event with the time since the start of the demo.
+    // Prints every pool event with the time since the start of the demo, but the heartbeat
+    // failures that repeat while a side is down.
+    let events = EventLog::new()
+        .keep(|e| !matches!(e, Event::HeartbeatFailure(_)))
+        .echo_since(start);
     let pool: PostgresPool = mirrorpool::postgres::builder()
         .max_size(8)
         .promote_on_failover(true)
-        .event_handler(Box::new(EventLog::new().echo_since(start)))
+        .event_handler(Box::new(events))
         .build(
             PostgresManager::new(pair.primary().app_config(), NoTls),
             PostgresManager::new(pair.mirror().app_config(), NoTls),

@@ -26,6 +26,7 @@ use crate::event::{Event, HandleEvent};
 pub struct EventLog {
     events: Arc<Mutex<Vec<(Instant, Event)>>>,
     connection_events: bool,
+    keep: Option<fn(&Event) -> bool>,
     echo_since: Option<Instant>,
 }
 
@@ -40,6 +41,15 @@ impl EventLog {
     #[must_use]
     pub fn with_connection_events(mut self, record: bool) -> EventLog {
         self.connection_events = record;
+        self
+    }
+
+    /// Records (and echoes) only the events for which `keep` returns true,
+    /// e.g. `|e| !matches!(e, Event::HeartbeatFailure(_))` to leave out the
+    /// heartbeat failures that repeat while a side is down. Default: all.
+    #[must_use]
+    pub fn keep(mut self, keep: fn(&Event) -> bool) -> EventLog {
+        self.keep = Some(keep);
         self
     }
 
@@ -104,6 +114,9 @@ impl HandleEvent for EventLog {
         if per_connection && !self.connection_events {
             return;
         }
+        if self.keep.is_some_and(|keep| !keep(&event)) {
+            return;
+        }
         let now = Instant::now();
         if let Some(t0) = self.echo_since {
             println!("{:>8.1} ms  event: {event}", ms_after(t0, now));
@@ -144,6 +157,9 @@ mod tests {
         assert!(log.timeline(t0).ends_with("ms  the mirror is up\n"));
         let all = EventLog::new().with_connection_events(true);
         all.handle(checkout());
+        assert_eq!(all.events().len(), 1);
+        let no_checkouts = all.clone().keep(|e| !matches!(e, Event::Checkout(_)));
+        no_checkouts.handle(checkout());
         assert_eq!(all.events().len(), 1);
         assert!(ms_after(t0 + Duration::from_millis(5), t0) < 0.0);
     }
