@@ -6,153 +6,46 @@
 //! `RUNS=n` changes the number of runs per scenario (default 10 for SIGKILL, 5 for the rest).
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use mirrorpool::event::Event;
 use mirrorpool::postgres::{PostgresManager, PostgresPool};
-use mirrorpool::testkit::{PgPair, ProxyMode, TcpProxy};
-use mirrorpool::{HandleEvent, PooledConnection, Side};
+use mirrorpool::testkit::{EventLog, Ledger, Load, PgPair, PgServer, PgTable, ProxyMode, TcpProxy};
+use mirrorpool::Side;
 use postgres::NoTls;
 
-const WRITERS: i32 = 8;
+const WRITERS: usize = 8;
 
-/// Event times, for the timeline.
-#[derive(Debug, Default, Clone)]
-struct Events(Arc<Mutex<Vec<(Instant, String)>>>);
-
-impl Events {
-    /// With `TIMELINE_EVENTS=1`, prints every event in ms after `t0` (to see where time went).
-    fn dump(&self, t0: Instant) {
-        if std::env::var_os("TIMELINE_EVENTS").is_none() {
-            return;
-        }
-        let mut log = self.0.lock().unwrap().clone();
-        log.sort_by_key(|e| e.0);
-        for (t, e) in log {
-            let ms = if t >= t0 {
-                (t - t0).as_secs_f64() * 1e3
-            } else {
-                -((t0 - t).as_secs_f64() * 1e3)
-            };
-            eprintln!("  {ms:9.1} ms  {e}");
-        }
-    }
-
-    fn first(&self, prefix: &str) -> Option<Instant> {
-        self.0
-            .lock()
-            .unwrap()
-            .iter()
-            .find(|(_, e)| e.starts_with(prefix))
-            .map(|(t, _)| *t)
+/// With `TIMELINE_EVENTS=1`, prints every event in ms after `t0` (to see where time went).
+fn dump(events: &EventLog, t0: Instant) {
+    if std::env::var_os("TIMELINE_EVENTS").is_some() {
+        eprint!("{}", events.timeline(t0));
     }
 }
 
-impl HandleEvent for Events {
-    fn handle_side_down(&self, e: mirrorpool::event::SideDownEvent) {
-        self.0
-            .lock()
-            .unwrap()
-            .push((Instant::now(), format!("down {}", e.side())));
-    }
-    fn handle_switch(&self, e: mirrorpool::event::SwitchEvent) {
-        self.0
-            .lock()
-            .unwrap()
-            .push((Instant::now(), format!("switch {}", e.to())));
-    }
-    fn handle_promotion(&self, e: mirrorpool::event::PromotionEvent) {
-        let now = Instant::now();
-        let mut log = self.0.lock().unwrap();
-        log.push((now - e.duration(), "promotion started".to_string()));
-        log.push((now, format!("promoted {}", e.error().is_none())));
-    }
-    fn handle_switch_refused(&self, e: mirrorpool::event::SwitchRefusedEvent) {
-        self.0.lock().unwrap().push((
-            Instant::now(),
-            format!("refused {}: {}", e.to(), e.reason()),
-        ));
-    }
+/// When the primary was marked down.
+fn primary_down(events: &EventLog) -> Option<Instant> {
+    events.first(|e| matches!(e, Event::SideDown(d) if d.side() == Side::Primary))
 }
 
-#[derive(Default)]
-struct Record {
-    acked: Vec<(i32, i64, Side, Instant)>,
-    failed: Vec<(i32, i64)>,
-    get_errors: u64,
+/// When writers moved to the mirror.
+fn switched_to_mirror(events: &EventLog) -> Option<Instant> {
+    events.first(|e| matches!(e, Event::Switch(s) if s.to() == Side::Mirror))
 }
 
-struct Load {
-    stop: Arc<AtomicBool>,
-    record: Arc<Mutex<Record>>,
-    threads: Vec<thread::JoinHandle<()>>,
+fn table() -> PgTable {
+    PgTable::new("t").expect("a valid table name")
 }
 
+/// Eight writers, no pause between statements, no backoff after a failed `get()`.
 fn start_load(pool: &PostgresPool) -> Load {
-    let stop = Arc::new(AtomicBool::new(false));
-    let record = Arc::new(Mutex::new(Record::default()));
-    let threads = (0..WRITERS)
-        .map(|w| {
-            let (pool, stop, record) = (pool.clone(), stop.clone(), record.clone());
-            thread::spawn(move || {
-                let mut seq = 0i64;
-                let deadline = Instant::now() + Duration::from_secs(60);
-                while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
-                    let mut conn = match pool.get() {
-                        Ok(c) => c,
-                        Err(_) => {
-                            record.lock().unwrap().get_errors += 1;
-                            continue;
-                        }
-                    };
-                    seq += 1;
-                    let side = PooledConnection::side(&conn);
-                    match conn.execute("INSERT INTO t VALUES ($1, $2)", &[&w, &seq]) {
-                        Ok(_) => record
-                            .lock()
-                            .unwrap()
-                            .acked
-                            .push((w, seq, side, Instant::now())),
-                        Err(e) => {
-                            PooledConnection::report(&mut conn, &e);
-                            record.lock().unwrap().failed.push((w, seq));
-                        }
-                    }
-                }
-            })
-        })
-        .collect();
-    Load {
-        stop,
-        record,
-        threads,
-    }
-}
-
-impl Load {
-    fn acked_on(&self, side: Side, after: Instant) -> usize {
-        self.record
-            .lock()
-            .unwrap()
-            .acked
-            .iter()
-            .filter(|a| a.2 == side && a.3 >= after)
-            .count()
-    }
-
-    fn finish(self) -> Record {
-        self.stop.store(true, Ordering::Relaxed);
-        for t in self.threads {
-            let _ = t.join();
-        }
-        Arc::try_unwrap(self.record)
-            .ok()
-            .expect("writers gone")
-            .into_inner()
-            .unwrap()
-    }
+    Load::builder()
+        .writers(WRITERS)
+        .get_error_backoff(Duration::ZERO)
+        .max_duration(Duration::from_secs(60))
+        .start(pool, table())
+        .expect("start the writers")
 }
 
 fn wait(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
@@ -171,10 +64,8 @@ fn new_pair(synchronous: bool) -> PgPair {
         .synchronous(synchronous)
         .app_grants(mirrorpool::testkit::Grants::all())
         .start()
-        .expect("start a PostgreSQL pair (is PostgreSQL installed?)");
-    pair.primary()
-        .execute("CREATE TABLE t (writer int, seq bigint, PRIMARY KEY (writer, seq))")
-        .unwrap();
+        .unwrap_or_else(|e| panic!("cannot start a PostgreSQL pair: {e}"));
+    pair.primary().execute(&table().create_sql()).unwrap();
     pair.wait_for_mirror_streaming(Duration::from_secs(30))
         .unwrap();
     pair
@@ -184,7 +75,7 @@ fn pool(
     primary: postgres::Config,
     mirror: postgres::Config,
     promote: bool,
-    events: &Events,
+    events: &EventLog,
 ) -> PostgresPool {
     mirrorpool::postgres::builder()
         .max_size(WRITERS as u32)
@@ -213,30 +104,22 @@ struct Run {
     first_write: Option<f64>,
     failed: usize,
     failed_committed: usize,
-    get_errors: u64,
+    get_errors: usize,
     lost: usize,
 }
 
 /// Rows on a server, to count lost and failed-but-committed writes.
-fn rows(server: &mirrorpool::testkit::PgServer) -> HashSet<(i32, i64)> {
+fn rows(server: &PgServer) -> HashSet<(i32, i64)> {
     let mut c = server.config().connect(NoTls).unwrap();
-    c.query("SELECT writer, seq FROM t", &[])
-        .unwrap()
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect()
+    table().rows(&mut c).unwrap()
 }
 
-fn tally(run: &mut Run, rec: &Record, new_primary: &mirrorpool::testkit::PgServer) {
+fn tally(run: &mut Run, ledger: &Ledger, new_primary: &PgServer) {
     let on_new = rows(new_primary);
-    run.lost = rec
-        .acked
-        .iter()
-        .filter(|a| !on_new.contains(&(a.0, a.1)))
-        .count();
-    run.failed = rec.failed.len();
-    run.failed_committed = rec.failed.iter().filter(|f| on_new.contains(f)).count();
-    run.get_errors = rec.get_errors;
+    run.lost = ledger.lost_against(&on_new).len();
+    run.failed = ledger.failed.len();
+    run.failed_committed = ledger.failed_but_committed(&on_new);
+    run.get_errors = ledger.get_errors.len();
 }
 
 /// Polls the mirror for the moment it leaves recovery.
@@ -258,7 +141,7 @@ fn watch_writable(pair: &PgPair) -> thread::JoinHandle<Option<Instant>> {
 
 fn sigkill(promote: bool) -> Run {
     let pair = new_pair(true);
-    let events = Events::default();
+    let events = EventLog::new();
     let pool = pool(
         pair.primary().app_config(),
         pair.mirror().app_config(),
@@ -274,22 +157,15 @@ fn sigkill(promote: bool) -> Run {
         // An external orchestrator promotes the instant the primary dies.
         pair.mirror().promote().unwrap();
     }
-    wait(Duration::from_secs(20), || {
-        load.acked_on(Side::Mirror, t0) > 0
-    });
+    load.wait_for_acks(Side::Mirror, Some(t0), 0, Duration::from_secs(20));
     thread::sleep(Duration::from_millis(500));
-    let rec = load.finish();
-    events.dump(t0);
+    let ledger = load.stop();
+    dump(&events, t0);
     let writable = watcher.join().ok().flatten();
-    let first = rec
-        .acked
-        .iter()
-        .filter(|a| a.2 == Side::Mirror)
-        .map(|a| a.3)
-        .min();
+    let first = ledger.first_ack_on(Side::Mirror, t0);
     let mut run = Run {
-        detected: since(events.first("down primary"), t0),
-        switched: since(events.first("switch mirror"), t0),
+        detected: since(primary_down(&events), t0),
+        switched: since(switched_to_mirror(&events), t0),
         writable: since(writable, t0),
         first_write: since(first, t0),
         ..Run::default()
@@ -301,13 +177,13 @@ fn sigkill(promote: bool) -> Run {
             _ => None,
         };
     }
-    tally(&mut run, &rec, pair.mirror());
+    tally(&mut run, &ledger, pair.mirror());
     run
 }
 
 fn hang(black_hole: bool) -> Run {
     let pair = new_pair(false);
-    let events = Events::default();
+    let events = EventLog::new();
     let proxies = if black_hole {
         let target = ([127, 0, 0, 1], pair.primary().port()).into();
         let app = TcpProxy::start(target).unwrap();
@@ -343,9 +219,7 @@ fn hang(black_hole: bool) -> Run {
         }
         None => Some(pair.primary().pause_guard().unwrap()),
     };
-    wait(Duration::from_secs(20), || {
-        load.acked_on(Side::Mirror, t0) > 0
-    });
+    load.wait_for_acks(Side::Mirror, Some(t0), 0, Duration::from_secs(20));
     thread::sleep(Duration::from_millis(300));
     let writable = watcher.join().ok().flatten();
     // Let anything still in flight to the old primary finish before stopping the writers.
@@ -354,23 +228,18 @@ fn hang(black_hole: bool) -> Run {
         app.set_mode(ProxyMode::Drop);
         repl.set_mode(ProxyMode::Drop);
     }
-    let rec = load.finish();
-    events.dump(t0);
-    let first = rec
-        .acked
-        .iter()
-        .filter(|a| a.2 == Side::Mirror && a.3 >= t0)
-        .map(|a| a.3)
-        .min();
+    let ledger = load.stop();
+    dump(&events, t0);
+    let first = ledger.first_ack_on(Side::Mirror, t0);
     let mut run = Run {
-        detected: since(events.first("down primary"), t0),
-        switched: since(events.first("switch mirror"), t0),
+        detected: since(primary_down(&events), t0),
+        switched: since(switched_to_mirror(&events), t0),
         writable: since(writable, t0),
         first_write: since(first, t0),
         ..Run::default()
     };
-    run.failed = rec.failed.len();
-    run.get_errors = rec.get_errors;
+    run.failed = ledger.failed.len();
+    run.get_errors = ledger.get_errors.len();
     drop(pool);
     run
 }

@@ -8,6 +8,9 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::thread;
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::wait_until;
 use mirrorpool::testkit::{
     Grants, PgPair, PgPairBuilder, PgServer, ProxyMode, TcpProxy, TestkitError, APP_USER,
 };
@@ -28,20 +31,6 @@ fn start_pair(builder: PgPairBuilder) -> PgPair {
 
 fn addr(server: &PgServer) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], server.port()))
-}
-
-/// Polls `check` every 50 ms until it is true or `timeout` passes.
-fn eventually(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if check() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// Whether a process exists and is not a zombie.
@@ -118,7 +107,7 @@ fn pair_starts_and_mirror_streams_rows_written_on_the_primary() {
     primary
         .execute("CREATE TABLE replicated (id int); INSERT INTO replicated VALUES (42)")
         .unwrap();
-    let seen = eventually(Duration::from_secs(10), || {
+    let seen = wait_until(Duration::from_secs(10), || {
         mirror
             .query_one_i64("SELECT count(*) FROM replicated WHERE id = 42")
             .map(|n| n == 1)
@@ -212,7 +201,7 @@ fn killed_server_refuses_connections() {
     ));
     // The orphaned backends and auxiliary processes exit by themselves.
     assert!(
-        eventually(Duration::from_secs(10), || children
+        wait_until(Duration::from_secs(10), || children
             .iter()
             .all(|&p| !process_alive(p))),
         "orphans of the killed postmaster are still alive"
@@ -295,7 +284,7 @@ fn server_restarts_on_the_same_port_after_kill_and_stop() {
         .unwrap();
 
     primary.execute("INSERT INTO survivors VALUES (2)").unwrap();
-    assert!(eventually(Duration::from_secs(10), || {
+    assert!(wait_until(Duration::from_secs(10), || {
         mirror
             .query_one_i64("SELECT count(*) FROM survivors")
             .map(|n| n == 2)
@@ -399,10 +388,10 @@ fn proxy_pass_forwards_a_real_postgres_query() {
     assert_eq!(primary.connection_count(None).unwrap(), 1);
 
     drop(client);
-    assert!(eventually(Duration::from_secs(5), || proxy
+    assert!(wait_until(Duration::from_secs(5), || proxy
         .active_connections()
         == 0));
-    assert!(eventually(Duration::from_secs(5), || primary
+    assert!(wait_until(Duration::from_secs(5), || primary
         .connection_count(Some("via_proxy"))
         .map(|n| n == 0)
         .unwrap_or(false)));
@@ -464,11 +453,11 @@ fn proxy_drop_fails_queries_fast_and_refuses_new_connections() {
         .expect("a connect through a dropping proxy returns quickly");
     assert!(refused.is_err());
     assert!(started.elapsed() < Duration::from_secs(2));
-    assert!(eventually(Duration::from_secs(5), || proxy
+    assert!(wait_until(Duration::from_secs(5), || proxy
         .active_connections()
         == 0));
     // The upstream side was closed too.
-    assert!(eventually(Duration::from_secs(5), || primary
+    assert!(wait_until(Duration::from_secs(5), || primary
         .connection_count(Some("via_proxy"))
         .map(|n| n == 0)
         .unwrap_or(false)));

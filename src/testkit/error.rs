@@ -13,14 +13,21 @@ use std::time::Duration;
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum TestkitError {
-    /// The PostgreSQL server binaries (`initdb`, `pg_ctl`, `postgres`,
-    /// `pg_basebackup`) could not be found.
+    /// A database engine's server programs could not be found.
     BinariesNotFound {
+        /// The engine: `PostgreSQL` or `MariaDB`.
+        engine: String,
+        /// The programs looked for, e.g. `initdb, pg_ctl, postgres, pg_basebackup`.
+        programs: String,
         /// Where the binaries were looked for.
         searched: String,
+        /// What to install (`apt-get install …`) or which environment
+        /// variable names their directory.
+        hint: String,
     },
-    /// The unprivileged OS user that PostgreSQL should run as (needed because
-    /// PostgreSQL refuses to run as root) does not exist.
+    /// The unprivileged OS user the servers should run as when the test runs
+    /// as root (PostgreSQL refuses to run as root; the test kit runs MariaDB
+    /// the same way) does not exist.
     UserNotFound {
         /// The user name that was looked up.
         user: String,
@@ -32,8 +39,8 @@ pub enum TestkitError {
         /// The underlying error.
         source: io::Error,
     },
-    /// A helper program (`initdb`, `pg_basebackup`, `pg_ctl`) exited
-    /// unsuccessfully.
+    /// A helper program (`initdb`, `pg_basebackup`, `pg_ctl`,
+    /// `mariadb-install-db`) exited unsuccessfully.
     CommandFailed {
         /// The program that failed.
         command: String,
@@ -51,10 +58,10 @@ pub enum TestkitError {
         /// The last lines of its output.
         output: String,
     },
-    /// A PostgreSQL server exited during start-up or did not accept
-    /// connections in time.
+    /// A server exited during start-up or did not accept connections in time.
     StartFailed {
-        /// Which server (`primary` or `mirror`).
+        /// Which server (the engine and `primary` or `mirror`, e.g.
+        /// `PostgreSQL primary`).
         server: String,
         /// Why the start is considered failed.
         reason: String,
@@ -72,21 +79,22 @@ pub enum TestkitError {
     },
     /// The operation needs a running server, but the server is not running.
     NotRunning {
-        /// Which server.
+        /// Which server (e.g. `PostgreSQL primary`).
         server: String,
     },
     /// The server cannot be started because it is already running.
     AlreadyRunning {
-        /// Which server.
+        /// Which server (e.g. `PostgreSQL primary`).
         server: String,
     },
     /// The server is paused (SIGSTOPped) by the test kit, so it cannot answer;
     /// call `resume` first.
     Paused {
-        /// Which server.
+        /// Which server (e.g. `PostgreSQL primary`).
         server: String,
     },
-    /// A `postgresql.conf` setting given to the builder is malformed.
+    /// A server setting given to a pair builder (`postgresql.conf`, MariaDB
+    /// option file) is malformed or reserved by the test kit.
     InvalidSetting {
         /// The setting name.
         name: String,
@@ -95,6 +103,11 @@ pub enum TestkitError {
     },
     /// A role name given to the test kit is not a plain identifier.
     InvalidRoleName {
+        /// The name.
+        name: String,
+    },
+    /// A table name given to the test kit is not a plain identifier.
+    InvalidTableName {
         /// The name.
         name: String,
     },
@@ -112,6 +125,14 @@ pub enum TestkitError {
         context: String,
         /// The underlying client error.
         source: ::postgres::Error,
+    },
+    /// A MySQL/MariaDB client operation failed.
+    #[cfg(feature = "mysql")]
+    Mysql {
+        /// What was being done.
+        context: String,
+        /// The underlying client error.
+        source: ::mysql::Error,
     },
 }
 
@@ -135,17 +156,20 @@ fn tail_suffix(label: &str, text: &str) -> String {
 impl fmt::Display for TestkitError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            TestkitError::BinariesNotFound { searched } => write!(
+            TestkitError::BinariesNotFound {
+                engine,
+                programs,
+                searched,
+                hint,
+            } => write!(
                 f,
-                "PostgreSQL server binaries (initdb, pg_ctl, postgres, pg_basebackup) not found \
-                 (searched {searched}): install them with `apt-get install postgresql` or set \
-                 MIRRORPOOL_PG_BIN to the directory that contains them"
+                "{engine} server binaries ({programs}) not found (searched {searched}): {hint}"
             ),
             TestkitError::UserNotFound { user } => write!(
                 f,
-                "OS user `{user}` does not exist; PostgreSQL refuses to run as root, so the test \
-                 kit runs it as an unprivileged user: create it (e.g. `useradd --system {user}`) \
-                 or set MIRRORPOOL_TESTKIT_USER to an existing one"
+                "OS user `{user}` does not exist; the test kit does not run database servers as \
+                 root (PostgreSQL refuses to), so it runs them as an unprivileged user: create it \
+                 (e.g. `useradd --system {user}`) or set MIRRORPOOL_TESTKIT_USER to an existing one"
             ),
             TestkitError::Io { context, source } => write!(f, "{context}: {source}"),
             TestkitError::CommandFailed {
@@ -172,7 +196,7 @@ impl fmt::Display for TestkitError {
                 log_tail,
             } => write!(
                 f,
-                "PostgreSQL {server} failed to start: {reason}{}",
+                "{server} failed to start: {reason}{}",
                 tail_suffix("server log", log_tail)
             ),
             TestkitError::Timeout {
@@ -187,21 +211,26 @@ impl fmt::Display for TestkitError {
                 Ok(())
             }
             TestkitError::NotRunning { server } => {
-                write!(f, "PostgreSQL {server} is not running")
+                write!(f, "{server} is not running")
             }
             TestkitError::AlreadyRunning { server } => {
-                write!(f, "PostgreSQL {server} is already running")
+                write!(f, "{server} is already running")
             }
             TestkitError::Paused { server } => write!(
                 f,
-                "PostgreSQL {server} is paused (SIGSTOP); resume it before querying it"
+                "{server} is paused (SIGSTOP); resume it before querying it"
             ),
             TestkitError::InvalidSetting { name, reason } => {
-                write!(f, "invalid postgresql.conf setting `{name}`: {reason}")
+                write!(f, "invalid server setting `{name}`: {reason}")
             }
             TestkitError::InvalidRoleName { name } => write!(
                 f,
                 "invalid role name `{name}`: use lower-case ASCII letters, digits and '_' \
+                 (not starting with a digit, at most 63 characters)"
+            ),
+            TestkitError::InvalidTableName { name } => write!(
+                f,
+                "invalid table name `{name}`: use lower-case ASCII letters, digits and '_' \
                  (not starting with a digit, at most 63 characters)"
             ),
             TestkitError::UnexpectedResult { what, detail } => {
@@ -209,6 +238,8 @@ impl fmt::Display for TestkitError {
             }
             #[cfg(feature = "postgres")]
             TestkitError::Postgres { context, source } => write!(f, "{context}: {source}"),
+            #[cfg(feature = "mysql")]
+            TestkitError::Mysql { context, source } => write!(f, "{context}: {source}"),
         }
     }
 }
@@ -219,6 +250,8 @@ impl Error for TestkitError {
             TestkitError::Io { source, .. } => Some(source),
             #[cfg(feature = "postgres")]
             TestkitError::Postgres { source, .. } => Some(source),
+            #[cfg(feature = "mysql")]
+            TestkitError::Mysql { source, .. } => Some(source),
             _ => None,
         }
     }

@@ -1,9 +1,13 @@
-//! Test infrastructure: throw-away PostgreSQL primary + mirror pairs and a
-//! fault-injecting TCP proxy.
+//! Test infrastructure: throw-away primary + mirror pairs of real database
+//! servers, a fault-injecting TCP proxy, a writer load with a ledger of
+//! acknowledged writes, and a recording event handler.
 //!
-//! Enabled by the `testkit` feature; the PostgreSQL part additionally needs
-//! the `postgres` feature and the PostgreSQL server binaries (`initdb`,
-//! `pg_ctl`, `postgres`, `pg_basebackup`, e.g. `apt-get install postgresql`).
+//! Enabled by the `testkit` feature. The pairs additionally need their
+//! engine's feature and server binaries:
+//! - [`PgPair`] (feature `postgres`): PostgreSQL's `initdb`, `pg_ctl`,
+//!   `postgres`, `pg_basebackup` (`apt-get install postgresql`);
+//! - [`MyPair`] (feature `mysql`): MariaDB's `mariadbd` and
+//!   `mariadb-install-db` (`apt-get install mariadb-server`).
 //!
 //! ```no_run
 //! # #[cfg(feature = "postgres")]
@@ -25,19 +29,41 @@
 //! ```
 //!
 //! Running as root: PostgreSQL refuses to run as root, so the servers then
-//! run as the OS user `postgres` (or `MIRRORPOOL_TESTKIT_USER`).
+//! run as an unprivileged OS user: `postgres` for PostgreSQL, `mysql` for
+//! MariaDB (or `MIRRORPOOL_TESTKIT_USER` for both).
+//!
+//! Where things are: `os.rs` (processes, signals, `/proc`, ports — no
+//! engine), `server.rs` (one server process's lifecycle: start with a
+//! readiness check, kill, stop, pause/resume, restart, teardown), `load.rs`
+//! and `events.rs` (what a failover test measures), `proxy.rs`, `roles.rs`
+//! (the application role and its [`Grants`]), and one folder per engine
+//! (`postgres/`, `mysql/`: the pair, its configuration files, its admin
+//! client and its binary discovery).
 
 mod error;
+mod events;
+mod load;
+mod os;
+mod proxy;
+mod roles;
+mod server;
+
+#[cfg(feature = "mysql")]
+mod mysql;
 #[cfg(feature = "postgres")]
 mod postgres;
-#[cfg(feature = "postgres")]
-mod process;
-mod proxy;
 
 pub use self::error::TestkitError;
+pub use self::events::EventLog;
+pub use self::load::{Ack, FailedGet, FailedWrite, Ledger, Load, LoadBuilder, LoadTable};
+pub use self::proxy::{ProxyMode, ProxyModeGuard, TcpProxy};
+pub use self::roles::{Grants, APP_PASSWORD, APP_USER};
+pub use self::server::PauseGuard;
+
 #[cfg(feature = "postgres")]
 pub use self::postgres::{
-    Grants, PauseGuard, PgPair, PgPairBuilder, PgServer, APP_PASSWORD, APP_USER,
-    MIRROR_APPLICATION_NAME, SUPERUSER,
+    PgPair, PgPairBuilder, PgServer, PgTable, MIRROR_APPLICATION_NAME, SUPERUSER,
 };
-pub use self::proxy::{ProxyMode, ProxyModeGuard, TcpProxy};
+
+#[cfg(feature = "mysql")]
+pub use self::mysql::{MyPair, MyPairBuilder, MyServer, MyTable, MY_DATABASE, MY_SUPERUSER};

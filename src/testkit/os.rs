@@ -1,165 +1,47 @@
-//! Operating-system plumbing for the PostgreSQL part of the test kit:
-//! locating the server binaries, running them as an unprivileged user,
-//! running helper programs with deadlines, signals and `/proc` scans.
+//! Engine-neutral operating-system plumbing: running programs as an
+//! unprivileged user and with deadlines, signals, `/proc` scans, reaping,
+//! log files and free loopback ports. Nothing here knows a database engine.
 
-// `kill(2)`, `getpwnam_r(3)` and `setsockopt(2)` have no safe std wrapper;
-// every unsafe block is commented. This keeps the module building in a crate
-// that denies unsafe code.
+// `kill(2)` and `getpwnam_r(3)` have no safe std wrapper; every unsafe block
+// is commented. This keeps the module building in a crate that denies unsafe
+// code.
 #![allow(unsafe_code)]
+// Built for every engine; with only some engines enabled, parts are unused.
+#![cfg_attr(not(all(feature = "postgres", feature = "mysql")), allow(dead_code))]
 
 use std::collections::{HashMap, HashSet};
 use std::env;
-use std::ffi::{CString, OsStr};
+use std::ffi::CString;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom};
-use std::os::unix::ffi::OsStrExt;
+use std::net::{Ipv4Addr, TcpListener};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use super::error::TestkitError;
 
-/// Environment variable naming a directory that holds the PostgreSQL binaries.
-pub(crate) const PG_BIN_ENV: &str = "MIRRORPOOL_PG_BIN";
-/// Environment variable naming the OS user PostgreSQL runs as when we are root.
+/// Environment variable naming the OS user the servers run as when we are root.
 pub(crate) const USER_ENV: &str = "MIRRORPOOL_TESTKIT_USER";
-/// Default OS user PostgreSQL runs as when we are root.
-const DEFAULT_OS_USER: &str = "postgres";
-/// Where Debian/Ubuntu install versioned PostgreSQL binaries.
-pub(crate) const PG_LIB_ROOT: &str = "/usr/lib/postgresql";
-/// The programs the test kit needs.
-const REQUIRED_BINARIES: [&str; 4] = ["initdb", "pg_ctl", "postgres", "pg_basebackup"];
 /// Upper bound on the number of `/proc` entries looked at in one scan.
 const MAX_PROC_ENTRIES: usize = 1 << 20;
 /// Poll interval while waiting for a process.
 const POLL: Duration = Duration::from_millis(10);
+/// Ports a picked port must never be: the default ports of the machine's own
+/// PostgreSQL and MySQL/MariaDB instances.
+const RESERVED_PORTS: [u16; 2] = [5432, 3306];
 
-/// Absolute paths of the PostgreSQL programs the test kit runs.
-#[derive(Debug, Clone)]
-pub(crate) struct PgBinaries {
-    pub(crate) initdb: PathBuf,
-    pub(crate) pg_ctl: PathBuf,
-    pub(crate) postgres: PathBuf,
-    pub(crate) pg_basebackup: PathBuf,
-}
-
-fn is_executable_file(path: &Path) -> bool {
+/// Whether `path` is a regular file with an execute bit.
+pub(crate) fn is_executable_file(path: &Path) -> bool {
     fs::metadata(path)
         .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
         .unwrap_or(false)
 }
 
-impl PgBinaries {
-    fn from_lookup(mut find: impl FnMut(&str) -> Option<PathBuf>) -> Option<Self> {
-        Some(PgBinaries {
-            initdb: find(REQUIRED_BINARIES[0])?,
-            pg_ctl: find(REQUIRED_BINARIES[1])?,
-            postgres: find(REQUIRED_BINARIES[2])?,
-            pg_basebackup: find(REQUIRED_BINARIES[3])?,
-        })
-    }
-
-    /// All four programs from one directory.
-    fn in_dir(dir: &Path) -> Option<Self> {
-        Self::from_lookup(|name| {
-            let p = dir.join(name);
-            is_executable_file(&p).then_some(p)
-        })
-    }
-
-    /// Each program from the first `PATH` entry that has it.
-    fn on_path(path_var: &OsStr) -> Option<Self> {
-        let dirs: Vec<PathBuf> = env::split_paths(path_var).collect();
-        Self::from_lookup(|name| {
-            dirs.iter()
-                .map(|d| d.join(name))
-                .find(|p| is_executable_file(p))
-        })
-    }
-}
-
-/// Parses a directory name such as `15` or `9.6` into comparable components.
-fn parse_version(name: &OsStr) -> Option<Vec<u32>> {
-    let s = name.to_str()?;
-    let parts: Option<Vec<u32>> = s.split('.').map(|p| p.parse().ok()).collect();
-    parts.filter(|v| !v.is_empty())
-}
-
-/// The `<lib_root>/<version>/bin` directories that contain `initdb`, highest
-/// version first.
-fn versioned_bin_dirs(lib_root: &Path) -> Vec<PathBuf> {
-    let Ok(entries) = fs::read_dir(lib_root) else {
-        return Vec::new();
-    };
-    let mut found: Vec<(Vec<u32>, PathBuf)> = entries
-        .filter_map(Result::ok)
-        .take(10_000)
-        .filter_map(|e| {
-            let version = parse_version(&e.file_name())?;
-            let bin = e.path().join("bin");
-            is_executable_file(&bin.join("initdb")).then_some((version, bin))
-        })
-        .collect();
-    found.sort_by(|a, b| b.0.cmp(&a.0));
-    found.into_iter().map(|(_, p)| p).collect()
-}
-
-/// Finds the PostgreSQL binaries.
-///
-/// Order: `explicit` (a builder option), else `env_dir` (the value of
-/// `MIRRORPOOL_PG_BIN`), else the highest-versioned `<lib_root>/*/bin` with
-/// all programs, else `path_var` (the value of `PATH`). An explicit or
-/// environment directory is authoritative: if it lacks the programs, that is
-/// an error rather than a reason to look elsewhere.
-pub(crate) fn locate_binaries(
-    explicit: Option<&Path>,
-    env_dir: Option<&OsStr>,
-    lib_root: &Path,
-    path_var: Option<&OsStr>,
-) -> Result<PgBinaries, TestkitError> {
-    if let Some(dir) = explicit {
-        return PgBinaries::in_dir(dir).ok_or_else(|| TestkitError::BinariesNotFound {
-            searched: format!("the configured directory {}", dir.display()),
-        });
-    }
-    if let Some(dir) = env_dir.filter(|d| !d.is_empty()) {
-        let dir = Path::new(dir);
-        return PgBinaries::in_dir(dir).ok_or_else(|| TestkitError::BinariesNotFound {
-            searched: format!("{PG_BIN_ENV}={}", dir.display()),
-        });
-    }
-    if let Some(found) = versioned_bin_dirs(lib_root)
-        .iter()
-        .find_map(|d| PgBinaries::in_dir(d))
-    {
-        return Ok(found);
-    }
-    if let Some(found) = path_var.and_then(PgBinaries::on_path) {
-        return Ok(found);
-    }
-    Err(TestkitError::BinariesNotFound {
-        searched: format!("{}/*/bin and PATH", lib_root.display()),
-    })
-}
-
-/// [`locate_binaries`] with the real environment.
-pub(crate) fn locate_binaries_from_env(
-    explicit: Option<&Path>,
-) -> Result<PgBinaries, TestkitError> {
-    let env_dir = env::var_os(PG_BIN_ENV);
-    let path_var = env::var_os("PATH");
-    locate_binaries(
-        explicit,
-        env_dir.as_deref(),
-        Path::new(PG_LIB_ROOT),
-        path_var.as_deref(),
-    )
-}
-
-/// The unprivileged identity PostgreSQL programs run as when we are root.
+/// The unprivileged identity server programs run as when we are root.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct RunAs {
     pub(crate) uid: u32,
@@ -167,8 +49,12 @@ pub(crate) struct RunAs {
 }
 
 /// `None` when we are not root (programs run as ourselves); otherwise the
-/// user named by `explicit`, else `MIRRORPOOL_TESTKIT_USER`, else `postgres`.
-pub(crate) fn resolve_run_as(explicit: Option<&str>) -> Result<Option<RunAs>, TestkitError> {
+/// user named by `explicit`, else `MIRRORPOOL_TESTKIT_USER`, else
+/// `default_user` (the engine's customary account: `postgres`, `mysql`).
+pub(crate) fn resolve_run_as(
+    explicit: Option<&str>,
+    default_user: &str,
+) -> Result<Option<RunAs>, TestkitError> {
     // SAFETY: geteuid has no preconditions and cannot fail.
     if unsafe { libc::geteuid() } != 0 {
         return Ok(None);
@@ -178,7 +64,7 @@ pub(crate) fn resolve_run_as(explicit: Option<&str>) -> Result<Option<RunAs>, Te
         None => env::var(USER_ENV)
             .ok()
             .filter(|s| !s.is_empty())
-            .unwrap_or_else(|| DEFAULT_OS_USER.to_owned()),
+            .unwrap_or_else(|| default_user.to_owned()),
     };
     lookup_user(&name)?
         .map(Some)
@@ -231,13 +117,21 @@ pub(crate) fn lookup_user(name: &str) -> Result<Option<RunAs>, TestkitError> {
     ))
 }
 
-/// A command for a PostgreSQL program: no inherited `PG*` variables, C
-/// locale (stable English messages), `HOME` and working directory set, stdin
-/// closed, and — when we are root — the unprivileged uid/gid.
-pub(crate) fn pg_command(program: &Path, run_as: Option<RunAs>, cwd: &Path) -> Command {
+/// A command for a server program: no inherited variables whose name starts
+/// with one of `strip_env_prefixes` (the engine's client settings, which
+/// would redirect its tools), C locale (stable English messages), `HOME` and
+/// working directory set to `cwd`, stdin closed, and — when we are root — the
+/// unprivileged uid/gid.
+pub(crate) fn command(
+    program: &Path,
+    run_as: Option<RunAs>,
+    cwd: &Path,
+    strip_env_prefixes: &[&str],
+) -> Command {
     let mut cmd = Command::new(program);
     for (key, _) in env::vars_os() {
-        if key.as_bytes().starts_with(b"PG") {
+        let key_text = key.to_string_lossy();
+        if strip_env_prefixes.iter().any(|p| key_text.starts_with(p)) {
             cmd.env_remove(&key);
         }
     }
@@ -252,6 +146,16 @@ pub(crate) fn pg_command(program: &Path, run_as: Option<RunAs>, cwd: &Path) -> C
     cmd
 }
 
+/// Hands `path` to the unprivileged user, if there is one.
+pub(crate) fn chown_to(path: &Path, run_as: Option<RunAs>) -> Result<(), TestkitError> {
+    match run_as {
+        None => Ok(()),
+        Some(r) => std::os::unix::fs::chown(path, Some(r.uid), Some(r.gid)).map_err(|e| {
+            TestkitError::io(format!("handing {} to uid {}", path.display(), r.uid), e)
+        }),
+    }
+}
+
 /// Opens (creating) a log file for appending.
 pub(crate) fn open_log(path: &Path) -> Result<File, TestkitError> {
     OpenOptions::new()
@@ -259,6 +163,15 @@ pub(crate) fn open_log(path: &Path) -> Result<File, TestkitError> {
         .append(true)
         .open(path)
         .map_err(|e| TestkitError::io(format!("opening log file {}", path.display()), e))
+}
+
+/// `(stdout, stderr)` handles both appending to the log file `path`.
+pub(crate) fn log_handles(path: &Path) -> Result<(File, File), TestkitError> {
+    let out = open_log(path)?;
+    let err = out
+        .try_clone()
+        .map_err(|e| TestkitError::io(format!("duplicating handle of {}", path.display()), e))?;
+    Ok((out, err))
 }
 
 /// Current length of a file, 0 if it does not exist.
@@ -286,6 +199,28 @@ pub(crate) fn log_tail(path: &Path, from: u64, max_lines: usize) -> String {
             lines[skip..].join("\n")
         }
         Err(e) => format!("(could not read {}: {e})", path.display()),
+    }
+}
+
+/// What a failed program's log says: its last `max_lines` lines from byte
+/// `from` on, preceded by up to 10 earlier lines that report an error (a
+/// program may bury its error under a page of advice, as
+/// `mariadb-install-db` does).
+pub(crate) fn log_excerpt(path: &Path, from: u64, max_lines: usize) -> String {
+    let everything = log_tail(path, from, usize::MAX);
+    let lines: Vec<&str> = everything.lines().collect();
+    let tail_start = lines.len().saturating_sub(max_lines);
+    let errors: Vec<&str> = lines[..tail_start]
+        .iter()
+        .copied()
+        .filter(|l| l.contains("ERROR") || l.contains("FATAL") || l.contains("error:"))
+        .collect();
+    let errors = &errors[errors.len().saturating_sub(10)..];
+    let tail = lines[tail_start..].join("\n");
+    if errors.is_empty() {
+        tail
+    } else {
+        format!("{}\n[...]\n{tail}", errors.join("\n"))
     }
 }
 
@@ -337,10 +272,7 @@ pub(crate) fn run_with_timeout(
     timeout: Duration,
 ) -> Result<(), TestkitError> {
     let start_offset = file_len(log);
-    let out = open_log(log)?;
-    let err = out
-        .try_clone()
-        .map_err(|e| TestkitError::io(format!("duplicating handle of {}", log.display()), e))?;
+    let (out, err) = log_handles(log)?;
     cmd.stdout(out).stderr(err);
     log::debug!("testkit: running {cmd:?}");
     let mut child = cmd
@@ -351,14 +283,14 @@ pub(crate) fn run_with_timeout(
         Some(status) => Err(TestkitError::CommandFailed {
             command: what.to_owned(),
             status: status.to_string(),
-            output: log_tail(log, start_offset, 30),
+            output: log_excerpt(log, start_offset, 30),
         }),
         None => {
             kill_and_reap(&mut child, Duration::from_secs(5));
             Err(TestkitError::CommandTimedOut {
                 command: what.to_owned(),
                 timeout,
-                output: log_tail(log, start_offset, 30),
+                output: log_excerpt(log, start_offset, 30),
             })
         }
     }
@@ -435,10 +367,10 @@ pub(crate) fn descendants(root: u32) -> Vec<u32> {
     out
 }
 
-/// Live processes whose working directory is `dir` or below it. PostgreSQL
-/// processes `chdir` into their data directory, so this finds every process
-/// of a server — including backends orphaned by a SIGKILLed postmaster —
-/// without any risk of matching an unrelated server.
+/// Live processes whose working directory is `dir` or below it. Database
+/// servers `chdir` into their data directory, so this finds every process of
+/// a server — including PostgreSQL backends orphaned by a SIGKILLed
+/// postmaster — without any risk of matching an unrelated server.
 pub(crate) fn pids_with_cwd_under(dir: &Path) -> Vec<u32> {
     let own = std::process::id();
     all_pids()
@@ -486,62 +418,31 @@ pub(crate) fn reap_processes_under(dir: &Path, grace: Duration, kill_wait: Durat
     }
 }
 
+/// A free loopback port, never one of the default PostgreSQL and MySQL ports
+/// (5432, 3306), so a test server can never be mistaken for — or collide
+/// with — the machine's own instance. The port is released again before it is
+/// returned, so a start can still lose a race for it; callers retry.
+pub(crate) fn free_loopback_port() -> Result<u16, TestkitError> {
+    for _ in 0..10 {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+            .map_err(|e| TestkitError::io("binding 127.0.0.1:0 to pick a port", e))?;
+        let port = listener
+            .local_addr()
+            .map_err(|e| TestkitError::io("reading the picked port", e))?
+            .port();
+        if !RESERVED_PORTS.contains(&port) {
+            return Ok(port);
+        }
+    }
+    Err(TestkitError::io(
+        "picking a free port",
+        io::Error::other("only reserved ports (5432, 3306) were offered"),
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn fake_bin(dir: &Path, names: &[&str]) {
-        fs::create_dir_all(dir).unwrap();
-        for n in names {
-            let p = dir.join(n);
-            fs::write(&p, "#!/bin/sh\n").unwrap();
-            fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).unwrap();
-        }
-    }
-
-    #[test]
-    fn empty_explicit_dir_is_an_error_that_says_what_to_install() {
-        let tmp = tempfile::tempdir().unwrap();
-        let err = locate_binaries(Some(tmp.path()), None, tmp.path(), None).unwrap_err();
-        assert!(matches!(err, TestkitError::BinariesNotFound { .. }));
-        let msg = err.to_string();
-        assert!(msg.contains("apt-get install postgresql"), "{msg}");
-        assert!(msg.contains(PG_BIN_ENV), "{msg}");
-    }
-
-    #[test]
-    fn env_dir_is_authoritative() {
-        let tmp = tempfile::tempdir().unwrap();
-        let lib = tmp.path().join("lib");
-        fake_bin(&lib.join("15/bin"), &REQUIRED_BINARIES);
-        let empty = tmp.path().join("empty");
-        fs::create_dir_all(&empty).unwrap();
-        let err = locate_binaries(None, Some(empty.as_os_str()), &lib, None).unwrap_err();
-        assert!(err.to_string().contains(PG_BIN_ENV), "{err}");
-    }
-
-    #[test]
-    fn highest_complete_version_wins_and_path_is_the_fallback() {
-        let tmp = tempfile::tempdir().unwrap();
-        let lib = tmp.path().join("lib");
-        fake_bin(&lib.join("9.6/bin"), &REQUIRED_BINARIES);
-        fake_bin(&lib.join("15/bin"), &REQUIRED_BINARIES);
-        fake_bin(&lib.join("16/bin"), &["initdb"]); // incomplete
-        fake_bin(&lib.join("notaversion/bin"), &REQUIRED_BINARIES);
-        let found = locate_binaries(None, None, &lib, None).unwrap();
-        assert_eq!(found.initdb, lib.join("15/bin/initdb"));
-
-        let nolib = tmp.path().join("nolib");
-        let a = tmp.path().join("a");
-        let b = tmp.path().join("b");
-        fake_bin(&a, &["initdb", "pg_ctl", "postgres"]);
-        fake_bin(&b, &["pg_basebackup", "initdb"]);
-        let path = env::join_paths([&a, &b]).unwrap();
-        let found = locate_binaries(None, None, &nolib, Some(&path)).unwrap();
-        assert_eq!(found.initdb, a.join("initdb"));
-        assert_eq!(found.pg_basebackup, b.join("pg_basebackup"));
-        assert!(locate_binaries(None, None, &nolib, Some(a.as_os_str())).is_err());
-    }
 
     #[test]
     fn unknown_user_is_not_found() {
@@ -559,6 +460,22 @@ mod tests {
     }
 
     #[test]
+    fn an_excerpt_keeps_errors_buried_above_the_tail() {
+        let tmp = tempfile::tempdir().unwrap();
+        let p = tmp.path().join("log");
+        fs::write(
+            &p,
+            "start\n[ERROR] the cause\nadvice 1\nadvice 2\nadvice 3\n",
+        )
+        .unwrap();
+        assert_eq!(
+            log_excerpt(&p, 0, 2),
+            "[ERROR] the cause\n[...]\nadvice 2\nadvice 3"
+        );
+        assert_eq!(log_excerpt(&p, 0, 10), log_tail(&p, 0, 10));
+    }
+
+    #[test]
     fn huge_timeouts_saturate_instead_of_panicking() {
         assert!(deadline_after(Duration::MAX) > Instant::now());
         assert!(deadline_after(Duration::ZERO) <= Instant::now());
@@ -572,5 +489,55 @@ mod tests {
         assert_eq!(log_tail(&p, 0, 2), "c\nd");
         assert_eq!(log_tail(&p, 4, 10), "c\nd");
         assert!(log_tail(&tmp.path().join("missing"), 0, 2).contains("could not read"));
+    }
+
+    #[test]
+    fn free_port_is_loopback_and_never_a_default_database_port() {
+        for _ in 0..20 {
+            let port = free_loopback_port().unwrap();
+            assert!(!RESERVED_PORTS.contains(&port));
+            assert!(TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok());
+        }
+    }
+
+    #[test]
+    fn commands_drop_the_engine_client_variables() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::env::set_var("MIRRORPOOL_TESTKIT_OS_PROBE", "1");
+        let cmd = command(
+            Path::new("/bin/true"),
+            None,
+            tmp.path(),
+            &["MIRRORPOOL_TESTKIT_OS_"],
+        );
+        let removed: Vec<_> = cmd
+            .get_envs()
+            .filter(|(_, v)| v.is_none())
+            .map(|(k, _)| k.to_owned())
+            .collect();
+        assert!(removed.iter().any(|k| k == "MIRRORPOOL_TESTKIT_OS_PROBE"));
+        assert_eq!(cmd.get_current_dir(), Some(tmp.path()));
+    }
+
+    #[test]
+    fn timed_out_commands_are_killed_and_report_their_output() {
+        let tmp = tempfile::tempdir().unwrap();
+        let log = tmp.path().join("cmd.log");
+        let mut cmd = Command::new("/bin/sh");
+        cmd.args(["-c", "echo started; sleep 30"]);
+        let started = Instant::now();
+        let err = run_with_timeout(cmd, "sleeper", &log, Duration::from_millis(300)).unwrap_err();
+        assert!(started.elapsed() < Duration::from_secs(10));
+        match err {
+            TestkitError::CommandTimedOut { output, .. } => assert!(output.contains("started")),
+            other => panic!("expected CommandTimedOut, got {other:?}"),
+        }
+        let mut cmd = Command::new("/bin/sh");
+        cmd.args(["-c", "echo broken; exit 3"]);
+        let err = run_with_timeout(cmd, "failer", &log, Duration::from_secs(10)).unwrap_err();
+        assert!(
+            matches!(&err, TestkitError::CommandFailed { output, .. } if output.contains("broken")),
+            "{err:?}"
+        );
     }
 }
