@@ -643,11 +643,16 @@ fn many_threads_with_switches_never_exceed_max_size_nor_get_the_wrong_side() {
                             }
                         }
                     } else {
-                        let (before, switches_before) = (pool.active(), pool.status().switches);
+                        // The pool counts a switch before it changes the route: reading the
+                        // count first (and last) makes every route change between the two
+                        // reads show in the difference.
+                        let switches_before = pool.status().switches;
+                        let before = pool.active();
                         let c = pool
                             .get_timeout(Duration::from_secs(5))
                             .expect("get during switches");
-                        let (after, switches_after) = (pool.active(), pool.status().switches);
+                        let after = pool.active();
+                        let switches_after = pool.status().switches;
                         // The connection's server must match the side it claims, and that side
                         // must have been active around the call (unambiguous only if at most one
                         // switch happened meanwhile).
