@@ -177,6 +177,7 @@ impl HeartbeatFailureEvent {
 pub struct SwitchRefusedEvent {
     pub(crate) to: Side,
     pub(crate) reason: Refusal,
+    pub(crate) promotion: bool,
 }
 
 impl SwitchRefusedEvent {
@@ -187,6 +188,11 @@ impl SwitchRefusedEvent {
     /// Why the switch was refused.
     pub fn reason(&self) -> &Refusal {
         &self.reason
+    }
+    /// Whether what was refused is promoting the side writers already wait on (rather than
+    /// moving writers to it).
+    pub fn promotion(&self) -> bool {
+        self.promotion
     }
 }
 
@@ -467,6 +473,9 @@ impl fmt::Display for Event {
                 e.failures,
                 chain(&e.error).unwrap_or_else(|| ": no answer in time".into())
             ),
+            Event::SwitchRefused(e) if e.promotion => {
+                write!(f, "not promoting the {}: {}", e.to, e.reason)
+            }
             Event::SwitchRefused(e) => {
                 write!(f, "not moving writers to the {}: {}", e.to, e.reason)
             }

@@ -372,9 +372,11 @@ impl<M: ManageConnection> Monitor<M> {
                 } else {
                     log::warn!("not switching to the {to}: {reason}");
                 }
-                shared
-                    .events
-                    .handle_switch_refused(SwitchRefusedEvent { to, reason });
+                shared.events.handle_switch_refused(SwitchRefusedEvent {
+                    to,
+                    reason,
+                    promotion,
+                });
             }
             Action::Misconfigured { side, problem } => {
                 log::error!("configuration problem found on the {side}: {problem}");
