@@ -297,9 +297,13 @@ impl<M: ManageConnection> Worker<M> {
                     opened: Instant::now(),
                 },
                 Ok(Err(e)) => {
-                    let full = catch(|| s.backend.classify(&e)) == Ok(Fault::TooManyConnections);
+                    let fault = catch(|| s.backend.classify(&e)).unwrap_or(Fault::Other);
+                    let full = fault == Fault::TooManyConnections;
                     let cause = Cause::capture(&e);
-                    if borrow {
+                    // A refused or reset connect (nothing listening) says the server is gone,
+                    // even if connections it opened earlier still answer for a moment (a
+                    // killed PostgreSQL's orphaned backends do): no fallback then.
+                    if borrow && fault != Fault::ConnectionLost {
                         if let Some(mut lent) = s.pool.borrow_idle() {
                             let result = self.run_call(&mut lent.conn, &mut call);
                             s.pool.checkin(lent, result.is_err());
