@@ -260,67 +260,72 @@ impl<M: ManageConnection> MirrorPool<M> {
                 Checkout::Closed => return Err(GetError::Closed),
             }
         };
-        if let (Some(limit), Some(w), Ok(conn)) =
-            (shared.config.slow_checkout_threshold, wait, &result)
-        {
-            let waited = w.started.elapsed();
-            if waited >= limit {
-                log::warn!(
-                    "get() waited {waited:?} for a {} connection (slow_checkout_threshold {limit:?})",
-                    PooledConnection::side(conn)
-                );
-            }
-        }
-        // Only the slow path (a clock was read anyway) reaches the metrics.
-        if cfg!(feature = "metrics") {
-            if let Some(w) = wait {
-                let name = &shared.config.name;
-                match &result {
-                    Ok(conn) => crate::metrics::seconds(
-                        name,
-                        "mirrorpool_checkout_wait_seconds",
-                        PooledConnection::side(conn),
-                        w.started.elapsed(),
-                    ),
-                    Err(e) if e.is_timeout() => crate::metrics::side_counter(
-                        name,
-                        "mirrorpool_checkout_timeouts_total",
-                        explicit.unwrap_or(shared.routing.read().active),
-                        1,
-                    ),
-                    Err(_) => {}
-                }
-            }
-        }
-        if shared.events.enabled() {
-            self.report_checkout(&result, wait, timeout);
+        // The fast path (an idle connection at hand, no event handler) reports nothing and
+        // reads no clock.
+        if wait.is_some() || shared.events.enabled() {
+            self.report_checkout(&result, explicit, wait, timeout);
         }
         result
     }
 
-    /// Checkout and timeout events, built only when a handler is installed: the wait is known
-    /// from the clock reads the slow path made anyway; an uncontended checkout waited zero.
+    /// What a checkout tells operators: the slow-checkout warning, the wait histogram and
+    /// timeout counter (feature `metrics`), and the checkout or timeout event (when a handler
+    /// is installed). The wait is measured once, from the clock read the slow path made; an
+    /// uncontended checkout waited zero.
     fn report_checkout(
         &self,
         result: &Result<PooledConnection<M>, GetError>,
+        explicit: Option<Side>,
         wait: Option<Wait>,
         timeout: Duration,
     ) {
-        let events = &self.shared().events;
+        let shared = self.shared();
+        let waited = wait.map(|w| w.started.elapsed());
+        let name = &shared.config.name;
         match result {
-            Ok(conn) => events.emit(Event::Checkout(CheckoutEvent {
-                side: PooledConnection::side(conn),
-                connection_id: PooledConnection::id(conn),
-                duration: wait.map_or(Duration::ZERO, |w| w.started.elapsed()),
-            })),
-            Err(GetError::Timeout { side, .. }) => events.emit(Event::Timeout(TimeoutEvent {
-                side: Some(*side),
-                timeout,
-            })),
-            Err(_) => events.emit(Event::Timeout(TimeoutEvent {
-                side: None,
-                timeout,
-            })),
+            Ok(conn) => {
+                let side = PooledConnection::side(conn);
+                if let Some(waited) = waited {
+                    if shared
+                        .config
+                        .slow_checkout_threshold
+                        .is_some_and(|limit| waited >= limit)
+                    {
+                        log::warn!(
+                            "get() waited {waited:?} for a {side} connection (slow_checkout_threshold {:?})",
+                            shared.config.slow_checkout_threshold.unwrap_or_default()
+                        );
+                    }
+                    crate::metrics::seconds(name, "mirrorpool_checkout_wait_seconds", side, waited);
+                }
+                if shared.events.enabled() {
+                    shared.events.emit(Event::Checkout(CheckoutEvent {
+                        side,
+                        connection_id: PooledConnection::id(conn),
+                        duration: waited.unwrap_or(Duration::ZERO),
+                    }));
+                }
+            }
+            Err(e) => {
+                let side = match e {
+                    GetError::Timeout { side, .. } => Some(*side),
+                    _ => None,
+                };
+                if waited.is_some() && e.is_timeout() && cfg!(feature = "metrics") {
+                    let counted = explicit.unwrap_or_else(|| shared.routing.read().active);
+                    crate::metrics::side_counter(
+                        name,
+                        "mirrorpool_checkout_timeouts_total",
+                        counted,
+                        1,
+                    );
+                }
+                if shared.events.enabled() {
+                    shared
+                        .events
+                        .emit(Event::Timeout(TimeoutEvent { side, timeout }));
+                }
+            }
         }
     }
 
