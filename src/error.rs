@@ -182,6 +182,10 @@ pub enum Blocked {
     BothDown,
     /// No side takes writes (the primary is down or read-only and the mirror is a replica).
     NoWritableSide,
+    /// No heartbeat has reported either side's role yet (the pool was just built with
+    /// `build`, or neither side has answered since): writers wait until one says it takes
+    /// writes.
+    RolesUnknown,
     /// The pool is promoting this side and waits until it accepts writes.
     Promoting(Side),
     /// Writers wait on this replica until it confirms that it lost its primary too (see
@@ -200,6 +204,9 @@ impl fmt::Display for Blocked {
         match self {
             Blocked::BothDown => f.write_str("both sides are down"),
             Blocked::NoWritableSide => f.write_str("no side accepts writes"),
+            Blocked::RolesUnknown => {
+                f.write_str("no heartbeat has reported which side takes writes yet")
+            }
             Blocked::Promoting(side) => write!(f, "promoting the {side}"),
             Blocked::ConfirmingFailure(side) => write!(
                 f,

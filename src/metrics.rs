@@ -10,7 +10,7 @@
 //!
 //! | metric | kind | labels |
 //! |---|---|---|
-//! | `mirrorpool_up` (1 up, 0.5 suspect, 0 down, -1 unknown), `_writable`, `_saturated`, `_active`, `_connections`, `_connections_idle`, `_connections_in_use`, `_connections_pending`, `_waiters`, `_heartbeat_consecutive_failures`, `_replication_lag_bytes`, `_replication_lag_seconds`, `_replication_lag_transactions` | gauge | pool, side |
+//! | `mirrorpool_up` (1 up, 0.5 suspect, 0 down, -1 unknown), `_writable`, `_saturated`, `_active`, `_connections`, `_connections_idle`, `_connections_in_use`, `_connections_pending`, `_waiters`, `_heartbeat_consecutive_failures`, `_replication_lag_bytes`, `_replication_lag_seconds`, `_replication_lag_transactions` (NaN when the last heartbeat did not report it, e.g. on a promoted mirror) | gauge | pool, side |
 //! | `mirrorpool_blocked`, `mirrorpool_split_brain` | gauge | pool |
 //! | `mirrorpool_checkouts_total`, `_connections_created_total`, `_connections_closed_total`, `_connect_failures_total` | counter | pool, side |
 //! | `mirrorpool_switches_total` | counter | pool, from, to, reason |
@@ -103,17 +103,22 @@ mod on {
                 "mirrorpool_heartbeat_consecutive_failures",
                 f64::from(d.consecutive_failures),
             );
-            if let Some(r) = d.replication {
-                if let Some(b) = r.lag_bytes {
-                    g("mirrorpool_replication_lag_bytes", b as f64);
-                }
-                if let Some(t) = r.lag_time {
-                    g("mirrorpool_replication_lag_seconds", t.as_secs_f64());
-                }
-                if let Some(n) = r.lag_transactions {
-                    g("mirrorpool_replication_lag_transactions", n as f64);
-                }
-            }
+            // A lag the last heartbeat did not report (a promoted mirror has no upstream; a
+            // role may not see it) is NaN, not the last value seen nor a reassuring zero.
+            let r = d.replication.as_ref();
+            let known = |v: Option<f64>| v.unwrap_or(f64::NAN);
+            g(
+                "mirrorpool_replication_lag_bytes",
+                known(r.and_then(|r| r.lag_bytes).map(|b| b as f64)),
+            );
+            g(
+                "mirrorpool_replication_lag_seconds",
+                known(r.and_then(|r| r.lag_time).map(|t| t.as_secs_f64())),
+            );
+            g(
+                "mirrorpool_replication_lag_transactions",
+                known(r.and_then(|r| r.lag_transactions).map(|n| n as f64)),
+            );
             let c = |name: &'static str, v: u64| counter!(name, &l).absolute(v);
             c("mirrorpool_checkouts_total", d.checkouts);
             c("mirrorpool_connections_created_total", d.created);

@@ -854,6 +854,13 @@ impl Policy {
 
         if a_down && self.sides[b].health == Health::Down {
             Some(Blocked::BothDown)
+        } else if !a_down
+            && self.sides[b].health != Health::Down
+            && self.known_writable(a).is_none()
+            && self.known_writable(b).is_none()
+        {
+            // Not "no side accepts writes": nobody knows yet (start-up), which is no fault.
+            Some(Blocked::RolesUnknown)
         } else {
             Some(Blocked::NoWritableSide)
         }

@@ -1240,3 +1240,37 @@ fn a_primary_falling_back_to_asynchronous_replication_is_reported_once_each_way(
         .collect();
     assert_eq!(changes, vec![false, true]);
 }
+
+#[test]
+fn writers_wait_for_the_first_heartbeats_as_roles_unknown_not_as_no_writable_side() {
+    let mut s = Sim::pg(cfg());
+    // Both sides are read-only replicas: once their heartbeats answered, nobody takes writes.
+    s.world[Side::Primary] = Srv::Up(Role::ReadOnly);
+    s.run(ms(1));
+    let routes = |s: &Sim| -> Vec<Option<Blocked>> {
+        s.log
+            .iter()
+            .filter_map(|(_, a)| match a {
+                Action::Route { blocked, .. } => Some(blocked.clone()),
+                _ => None,
+            })
+            .collect()
+    };
+    assert_eq!(
+        routes(&s).first(),
+        Some(&Some(Blocked::RolesUnknown)),
+        "{:#?}",
+        s.log
+    );
+    s.run(ms(500));
+    assert_eq!(s.policy.blocked(), Some(&Blocked::NoWritableSide));
+    // A primary that says it takes writes is served at once after the start.
+    let mut s = Sim::pg(cfg());
+    s.run(ms(500));
+    assert_eq!(
+        routes(&s),
+        vec![Some(Blocked::RolesUnknown), None],
+        "{:#?}",
+        s.log
+    );
+}
