@@ -24,6 +24,7 @@ mod ui;
 mod workload;
 
 use std::collections::VecDeque;
+use std::io::Write as _;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -60,7 +61,8 @@ fn main() -> ExitCode {
     let args = match args::parse(std::env::args().skip(1)) {
         Ok(Command::Run(args)) => args,
         Ok(Command::Help) => {
-            println!("{}", args::HELP);
+            // `--help | head` closes the pipe early: not worth a panic.
+            let _ = writeln!(std::io::stdout(), "{}", args::HELP);
             return ExitCode::SUCCESS;
         }
         Err(e) => {

@@ -110,7 +110,7 @@ pub fn print(run: &Run<'_>) -> Outcome {
     }
     line("first write acknowledged by the mirror", ms(t.first_write));
     if let Some(r) = run.restarted_at {
-        line("old primary restarted", Some(run.ms(r)));
+        line("old primary restarting", Some(run.ms(r)));
         line("split brain seen, old primary fenced", ms(t.split_brain));
     }
 
@@ -150,7 +150,7 @@ pub fn print(run: &Run<'_>) -> Outcome {
     };
     mark(t.switched, "writers switched to the mirror");
     mark(t.promoted.map(|p| p.0), "mirror promoted");
-    mark(run.restarted_at, "old primary restarted");
+    mark(run.restarted_at, "old primary restarting");
     mark(t.split_brain, "split brain: old primary fenced");
     for line in picture::draw(&acks, &markers, window) {
         println!("{line}");
