@@ -174,7 +174,7 @@ pub fn print(run: &Run<'_>) -> Outcome {
             .count()
     );
     println!(
-        "  failed statements:    {} (cut off by the fault; never retried; {} committed anyway)",
+        "  failed statements:    {} (cut off by the fault, not retried; {} committed)",
         ledger.failed.len(),
         ledger.failed_but_committed(&run.rows)
     );
@@ -208,8 +208,8 @@ pub fn print(run: &Run<'_>) -> Outcome {
     let moved = run.status.active == Side::Mirror && t.first_write.is_some();
     if moved {
         println!(
-            "ok: writers moved to the mirror; the first write was acknowledged there {:.1} ms after \
-             the fault",
+            "ok: writers moved to the mirror, which acknowledged its first write\n    {:.1} ms \
+             after the fault",
             ms(t.first_write).unwrap_or_default()
         );
     } else {
@@ -222,21 +222,21 @@ pub fn print(run: &Run<'_>) -> Outcome {
         );
     } else if run.args.synchronous {
         println!(
-            "FAILED: {} acknowledged writes are missing on the new primary despite synchronous \
-             replication, e.g. {:?}",
+            "FAILED: {} acknowledged writes are missing on the new primary despite\n    \
+             synchronous replication, e.g. {:?}",
             lost.len(),
             lost.iter().take(3).map(|a| a.row()).collect::<Vec<_>>()
         );
     } else {
         println!(
-            "note: {} acknowledged writes are missing on the new primary: with --async the \
-             primary acknowledges before the mirror has the write, so a failover can lose the \
-             last ones (run without --async to see none lost)",
+            "note: {} acknowledged writes are missing on the new primary: with --async\n    \
+             the primary acknowledges before the mirror has the write, so a failover can\n    \
+             lose the last ones (run without --async to see none lost)",
             lost.len()
         );
     }
     if !run.args.synchronous && lost.is_empty() {
-        println!("note: asynchronous replication may lose acknowledged writes; this run lost none");
+        println!("note: asynchronous replication may lose acknowledged writes; none this time");
     }
     if moved && (lost.is_empty() || !run.args.synchronous) {
         Outcome::Passed
