@@ -43,6 +43,7 @@
 //! ```
 
 use std::collections::HashSet;
+use std::error::Error;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -103,7 +104,7 @@ pub struct FailedWrite {
     pub side: Side,
     /// When it failed.
     pub at: Instant,
-    /// The error, as text.
+    /// The error, as text, with its causes (`"db error: FATAL: ..."`).
     pub error: String,
 }
 
@@ -112,7 +113,7 @@ pub struct FailedWrite {
 pub struct FailedGet {
     /// When it failed.
     pub at: Instant,
-    /// The error, as text.
+    /// The error, as text, with its causes.
     pub error: String,
 }
 
@@ -275,7 +276,7 @@ impl<M: ManageConnection, T: LoadTable<M>> WriterLoop<M, T> {
                 Err(e) => {
                     lock(&self.ledger).get_errors.push(FailedGet {
                         at: Instant::now(),
-                        error: e.to_string(),
+                        error: with_causes(&e),
                     });
                     sleep(self.options.get_error_backoff);
                     continue;
@@ -298,7 +299,7 @@ impl<M: ManageConnection, T: LoadTable<M>> WriterLoop<M, T> {
                         seq,
                         side,
                         at,
-                        error: e.to_string(),
+                        error: with_causes(&e),
                     });
                 }
             }
@@ -306,6 +307,22 @@ impl<M: ManageConnection, T: LoadTable<M>> WriterLoop<M, T> {
             sleep(self.options.pause);
         }
     }
+}
+
+/// `error` followed by each of its causes not already in the text, as `"error: cause"`: a
+/// driver's own message alone (PostgreSQL's `"db error"`) says little.
+fn with_causes(error: &dyn Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let more = cause.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        source = cause.source();
+    }
+    text
 }
 
 fn sleep(d: Duration) {
@@ -364,7 +381,18 @@ impl Load {
         lock(&self.ledger).acked.len()
     }
 
-    /// A copy of the ledger as it is now.
+    /// How many statements failed so far.
+    pub fn failed(&self) -> usize {
+        lock(&self.ledger).failed.len()
+    }
+
+    /// How many `get()` calls failed so far.
+    pub fn failed_gets(&self) -> usize {
+        lock(&self.ledger).get_errors.len()
+    }
+
+    /// A copy of the ledger as it is now (a cheap count: [`acked`](Self::acked),
+    /// [`failed`](Self::failed), [`failed_gets`](Self::failed_gets)).
     pub fn ledger(&self) -> Ledger {
         lock(&self.ledger).clone()
     }
@@ -430,6 +458,33 @@ mod tests {
             side,
             at,
         }
+    }
+
+    #[test]
+    fn errors_are_recorded_with_their_causes_once() {
+        #[derive(Debug)]
+        struct E(&'static str, Option<Box<E>>);
+        impl fmt::Display for E {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.0)
+            }
+        }
+        impl Error for E {
+            fn source(&self) -> Option<&(dyn Error + 'static)> {
+                self.1.as_deref().map(|e| e as &(dyn Error + 'static))
+            }
+        }
+        let inner = E("FATAL: gone", None);
+        assert_eq!(
+            with_causes(&E("db error", Some(Box::new(inner)))),
+            "db error: FATAL: gone"
+        );
+        // A cause the outer message already shows is not repeated.
+        let inner = E("refused", None);
+        assert_eq!(
+            with_causes(&E("down: refused", Some(Box::new(inner)))),
+            "down: refused"
+        );
     }
 
     #[test]
