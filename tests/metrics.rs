@@ -86,6 +86,7 @@ fn a_prometheus_scrape_shows_gauges_counters_and_failover_series_with_side_and_p
         .install()
         .expect("the only recorder of this process, listening on a free port");
     let (p, m) = (Server::new("primary"), Server::new("mirror"));
+    m.set_lag_bytes(Some(42));
     let pool = MirrorPool::builder()
         .name("orders")
         .max_size(2)
@@ -109,6 +110,7 @@ fn a_prometheus_scrape_shows_gauges_counters_and_failover_series_with_side_and_p
         r#"mirrorpool_side_down_total{pool="orders",side="primary"} 1"#,
         r#"mirrorpool_heartbeat_failures_total{pool="orders",side="primary"}"#,
         r#"mirrorpool_heartbeat_rtt_seconds"#,
+        r#"mirrorpool_replication_lag_bytes{pool="orders",side="mirror"} 42"#,
     ] {
         let mut body = String::new();
         assert!(
@@ -119,6 +121,17 @@ fn a_prometheus_scrape_shows_gauges_counters_and_failover_series_with_side_and_p
             "{series} missing from the scrape of http://{addr}/metrics:\n{body}"
         );
     }
+    // A lag the heartbeats stop reporting (as after a promotion) is not left at its last value.
+    m.set_lag_bytes(None);
+    let series = r#"mirrorpool_replication_lag_bytes{pool="orders",side="mirror"} NaN"#;
+    let mut body = String::new();
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            body = scrape(addr, Duration::from_secs(5));
+            body.lines().any(|l| l.starts_with(series))
+        }),
+        "{series} missing from the scrape of http://{addr}/metrics:\n{body}"
+    );
 }
 
 #[test]
