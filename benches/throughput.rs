@@ -162,8 +162,24 @@ impl Op {
 #[derive(Default)]
 struct Recorded {
     ops: Vec<Op>,
+    /// Operations completed, warm-up included.
+    completed: u64,
+    /// CPU time (user + system) of this whole process over the run, warm-up included: the
+    /// client side's cost, the pool's own threads (mirrorpool's monitor) included.
+    cpu_ns: u64,
     errors: u64,
     first_error: Option<String>,
+}
+
+/// User + system CPU time of this process so far, ns.
+fn process_cpu_ns() -> u64 {
+    // SAFETY: getrusage fills the zeroed struct it is given.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) } != 0 {
+        return 0;
+    }
+    let ns = |t: libc::timeval| t.tv_sec as u64 * 1_000_000_000 + t.tv_usec as u64 * 1_000;
+    ns(ru.ru_utime) + ns(ru.ru_stime)
 }
 
 /// What a run of one pool needs besides the pool.
@@ -228,6 +244,7 @@ where
                         let t2 = Instant::now();
                         drop(guard);
                         let t3 = Instant::now();
+                        rec.completed += u64::from(ok);
                         if ok && t0 >= count_from {
                             rec.ops.push(Op {
                                 start_ns: (t0 - t_start).as_nanos() as u64,
@@ -241,12 +258,14 @@ where
                 })
             })
             .collect();
+        let cpu_before = process_cpu_ns();
         let _ = released.set(Instant::now());
         start.wait();
         for h in handles {
             match h.join() {
                 Ok(r) => {
                     all.ops.extend_from_slice(&r.ops);
+                    all.completed += r.completed;
                     all.errors += r.errors;
                     if all.first_error.is_none() {
                         all.first_error = r.first_error;
@@ -258,6 +277,7 @@ where
                 }
             }
         }
+        all.cpu_ns = process_cpu_ns().saturating_sub(cpu_before);
     });
     all
 }
@@ -266,6 +286,43 @@ where
 struct Outcome {
     rec: Recorded,
     note: Option<String>,
+    /// CPU time of the servers (and pgpool-II) over the whole run, build and teardown
+    /// included, ns; set by the harness.
+    server_cpu_ns: u64,
+}
+
+/// CPU time (user + system) of processes `pids`, with their children, live or reaped, ns.
+fn server_cpu_ns(pids: &[u32]) -> u64 {
+    // Fields after the command: 0 state, 1 ppid, … 11 utime, 12 stime, 13 cutime, 14 cstime.
+    let stat = |pid: &str| -> Option<Vec<u64>> {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let rest = &text[text.rfind(')')? + 2..];
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let num = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        Some(vec![num(1), num(11) + num(12), num(13) + num(14)])
+    };
+    // SAFETY: sysconf has no preconditions.
+    let tick = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    let mut ticks = 0;
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        else {
+            continue;
+        };
+        let Some(f) = stat(pid) else { continue };
+        let own = pid.parse::<u32>().is_ok_and(|p| pids.contains(&p));
+        let child = u32::try_from(f[0]).is_ok_and(|pp| pids.contains(&pp));
+        if own {
+            // Its own time and that of the children it reaped (PostgreSQL backends).
+            ticks += f[1] + f[2];
+        } else if child {
+            ticks += f[1];
+        }
+    }
+    ticks * 1_000_000_000 / tick
 }
 
 /// One database engine: its pair, and how each pool kind is opened and does one operation.
@@ -279,6 +336,8 @@ trait Engine {
     fn supports(setup: &Self::Setup, kind: Kind) -> bool;
     /// Connections to either server, except the testkit's own (to wait for a pool's teardown).
     fn connections(setup: &Self::Setup) -> Result<i64, String>;
+    /// The server processes (and pgpool-II's), for their CPU time.
+    fn server_pids(setup: &Self::Setup) -> Vec<u32>;
     /// Builds `kind`, runs [`drive`] with it and drops it.
     fn run(setup: &Self::Setup, kind: Kind, ctx: &RunCtx<'_>) -> Result<Outcome, String>;
 }
@@ -395,6 +454,15 @@ mod pg {
             !kind.via_pgpool() || setup.pgpool.is_some()
         }
 
+        fn server_pids(setup: &Setup) -> Vec<u32> {
+            let mut pids: Vec<u32> = [setup.pair.primary().pid(), setup.pair.mirror().pid()]
+                .into_iter()
+                .flatten()
+                .collect();
+            pids.extend(setup.pgpool.as_ref().map(|p| p.pid()));
+            pids
+        }
+
         fn connections(setup: &Setup) -> Result<i64, String> {
             let p = setup.pair.primary().connection_count(None);
             let m = setup.pair.mirror().connection_count(None);
@@ -417,7 +485,11 @@ mod pg {
                     |g, w, writer, seq| op(g.client_mut(), w, table, writer, seq),
                 );
                 let note = Some(mirrorpool_note(&pool.status()));
-                return Ok(Outcome { rec, note });
+                return Ok(Outcome {
+                    rec,
+                    note,
+                    server_cpu_ns: 0,
+                });
             }
             let config = match (kind.via_pgpool(), &setup.pgpool) {
                 (true, Some(p)) => primary.app_config_on_port(p.port),
@@ -433,7 +505,11 @@ mod pg {
                 || pool.get().map_err(|e| e.to_string()),
                 |g, w, writer, seq| op(g, w, table, writer, seq),
             );
-            Ok(Outcome { rec, note: None })
+            Ok(Outcome {
+                rec,
+                note: None,
+                server_cpu_ns: 0,
+            })
         }
     }
 
@@ -581,6 +657,10 @@ mod pg {
                 Ok(Some(pgpool))
             }
 
+            pub fn pid(&self) -> u32 {
+                self.child.id()
+            }
+
             fn log_tail(&self) -> String {
                 let text =
                     fs::read_to_string(self.dir.path().join("pgpool.log")).unwrap_or_default();
@@ -724,6 +804,13 @@ mod my {
             !kind.via_pgpool()
         }
 
+        fn server_pids(setup: &Setup) -> Vec<u32> {
+            [setup.pair.primary().pid(), setup.pair.mirror().pid()]
+                .into_iter()
+                .flatten()
+                .collect()
+        }
+
         fn connections(setup: &Setup) -> Result<i64, String> {
             let p = setup.pair.primary().connection_count(None);
             let m = setup.pair.mirror().connection_count(None);
@@ -746,7 +833,11 @@ mod my {
                     |g, w, writer, seq| op(g.conn_mut(), w, table, writer, seq),
                 );
                 let note = Some(mirrorpool_note(&pool.status()));
-                return Ok(Outcome { rec, note });
+                return Ok(Outcome {
+                    rec,
+                    note,
+                    server_cpu_ns: 0,
+                });
             }
             let opts = Opts::from_url(&primary.app_url()).map_err(|e| e.to_string())?;
             let pool = r2d2_builder(kind == Kind::R2d2)
@@ -757,7 +848,11 @@ mod my {
                 || pool.get().map_err(|e| e.to_string()),
                 |g, w, writer, seq| op(g, w, table, writer, seq),
             );
-            Ok(Outcome { rec, note: None })
+            Ok(Outcome {
+                rec,
+                note: None,
+                server_cpu_ns: 0,
+            })
         }
     }
 }
@@ -773,6 +868,10 @@ struct Stats {
     p999: f64,
     max: f64,
     errors: u64,
+    /// Client CPU per completed operation, µs (see [`Recorded::cpu_ns`]).
+    cpu_us_per_op: f64,
+    /// Server-side CPU per completed operation, µs (see [`Outcome::server_cpu_ns`]).
+    server_us_per_op: f64,
 }
 
 /// Nearest-rank percentile of sorted values.
@@ -827,9 +926,11 @@ fn report_run(kind: Kind, round: usize, out: &Outcome, cfg: &Settings) -> Stats 
         p999: us(pct(&totals, 0.999)),
         max: us(totals.last().copied().unwrap_or(0)),
         errors: out.rec.errors,
+        cpu_us_per_op: out.rec.cpu_ns as f64 / 1e3 / out.rec.completed.max(1) as f64,
+        server_us_per_op: out.server_cpu_ns as f64 / 1e3 / out.rec.completed.max(1) as f64,
     };
     println!(
-        "  round {} {:<15} {:>8.0} ops/s  p50 {:>8}  p99 {:>8}  p99.9 {:>8}  max {:>8}  errors {}  (load {})",
+        "  round {} {:<15} {:>8.0} ops/s  p50 {:>8}  p99 {:>8}  p99.9 {:>8}  max {:>8}  errors {}  CPU µs/op client {:.1} server {:.1}  (load {})",
         round + 1,
         kind.name(),
         s.ops_per_s,
@@ -838,6 +939,8 @@ fn report_run(kind: Kind, round: usize, out: &Outcome, cfg: &Settings) -> Stats 
         fmt_us(s.p999),
         fmt_us(s.max),
         s.errors,
+        s.cpu_us_per_op,
+        s.server_us_per_op,
         load_average()
     );
     if let Some(e) = &out.rec.first_error {
@@ -885,8 +988,10 @@ fn summary(
         cfg.warmup.as_millis()
     );
     println!("Median over the rounds (min–max):\n");
-    println!("| pool | ops/s | p50 | p99 | p99.9 | max | max per round | errors |");
-    println!("|---|---:|---:|---:|---:|---:|---|---:|");
+    println!(
+        "| pool | ops/s | p50 | p99 | p99.9 | max | max per round | errors | CPU µs/op: client | server |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---|---:|---:|---:|");
     for kind in &kinds {
         let runs: Vec<Stats> = results
             .iter()
@@ -898,7 +1003,7 @@ fn summary(
         let (lo, hi) = min_max(&tput);
         let maxes: Vec<String> = runs.iter().map(|s| fmt_us(s.max)).collect();
         println!(
-            "| {} | {:.0} ({lo:.0}–{hi:.0}) | {} | {} | {} | {} | {} | {} |",
+            "| {} | {:.0} ({lo:.0}–{hi:.0}) | {} | {} | {} | {} | {} | {} | {:.1} | {:.1} |",
             kind.name(),
             median(tput.clone()),
             fmt_us(median(col(|s| s.p50))),
@@ -906,7 +1011,9 @@ fn summary(
             fmt_us(median(col(|s| s.p999))),
             fmt_us(median(col(|s| s.max))),
             maxes.join(", "),
-            runs.iter().map(|s| s.errors).sum::<u64>()
+            runs.iter().map(|s| s.errors).sum::<u64>(),
+            median(col(|s| s.cpu_us_per_op)),
+            median(col(|s| s.server_us_per_op))
         );
     }
     if !kinds.contains(&Kind::Mirrorpool) {
@@ -1005,8 +1112,13 @@ fn bench_engine<E: Engine>(cfg: &Settings, writer_base: &mut i32) -> Result<(), 
                     writer_base: *writer_base,
                 };
                 *writer_base += THREADS as i32;
+                let pids = E::server_pids(&setup);
+                let cpu_before = server_cpu_ns(&pids);
                 match E::run(&setup, kind, &ctx) {
-                    Ok(out) => results.push((kind, round, report_run(kind, round, &out, cfg))),
+                    Ok(mut out) => {
+                        out.server_cpu_ns = server_cpu_ns(&pids).saturating_sub(cpu_before);
+                        results.push((kind, round, report_run(kind, round, &out, cfg)));
+                    }
                     // Counted as missing; the other pools go on.
                     Err(e) => println!("  round {} {:<15} FAILED: {e}", round + 1, kind.name()),
                 }
