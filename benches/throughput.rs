@@ -193,7 +193,7 @@ struct RunCtx<'a> {
 
 /// Releases `THREADS` threads together; each loops `get` + `op` + dropping the guard until
 /// `warmup + secs` after the release, timing every operation. Operations that started in the
-/// warm-up are not kept.
+/// warm-up are kept but not counted in the statistics.
 fn drive<G, F, O>(ctx: &RunCtx<'_>, get: F, op: O) -> Recorded
 where
     F: Fn() -> Result<G, String> + Sync,
@@ -216,7 +216,7 @@ where
                     };
                     start.wait();
                     let t_start = *released.get().expect("set before the release");
-                    let (count_from, end) = (t_start + warmup, t_start + run_for);
+                    let end = t_start + run_for;
                     let mut seq: i64 = 0;
                     loop {
                         let t0 = Instant::now();
@@ -245,7 +245,7 @@ where
                         drop(guard);
                         let t3 = Instant::now();
                         rec.completed += u64::from(ok);
-                        if ok && t0 >= count_from {
+                        if ok {
                             rec.ops.push(Op {
                                 start_ns: (t0 - t_start).as_nanos() as u64,
                                 wait_ns: (t1 - t0).as_nanos() as u64,
@@ -287,7 +287,7 @@ struct Outcome {
     rec: Recorded,
     note: Option<String>,
     /// CPU time of the servers (and pgpool-II) over the whole run, build and teardown
-    /// included, ns; set by the harness.
+    /// included, ns (the servers' own background work too); set by the harness.
     server_cpu_ns: u64,
 }
 
@@ -867,6 +867,8 @@ struct Stats {
     p99: f64,
     p999: f64,
     max: f64,
+    /// Counted operations over 20 ms.
+    over_20ms: usize,
     errors: u64,
     /// Client CPU per completed operation, µs (see [`Recorded::cpu_ns`]).
     cpu_us_per_op: f64,
@@ -917,7 +919,14 @@ fn min_max(v: &[f64]) -> (f64, f64) {
 
 /// Prints one run's line (and its slowest operations) and returns its statistics.
 fn report_run(kind: Kind, round: usize, out: &Outcome, cfg: &Settings) -> Stats {
-    let mut totals: Vec<u64> = out.rec.ops.iter().map(Op::total_ns).collect();
+    let warm_ns = cfg.warmup.as_nanos() as u64;
+    let counted: Vec<&Op> = out
+        .rec
+        .ops
+        .iter()
+        .filter(|o| o.start_ns >= warm_ns)
+        .collect();
+    let mut totals: Vec<u64> = counted.iter().map(|o| o.total_ns()).collect();
     totals.sort_unstable();
     let s = Stats {
         ops_per_s: totals.len() as f64 / cfg.secs as f64,
@@ -925,12 +934,13 @@ fn report_run(kind: Kind, round: usize, out: &Outcome, cfg: &Settings) -> Stats 
         p99: us(pct(&totals, 0.99)),
         p999: us(pct(&totals, 0.999)),
         max: us(totals.last().copied().unwrap_or(0)),
+        over_20ms: totals.iter().filter(|t| **t > 20_000_000).count(),
         errors: out.rec.errors,
         cpu_us_per_op: out.rec.cpu_ns as f64 / 1e3 / out.rec.completed.max(1) as f64,
         server_us_per_op: out.server_cpu_ns as f64 / 1e3 / out.rec.completed.max(1) as f64,
     };
     println!(
-        "  round {} {:<15} {:>8.0} ops/s  p50 {:>8}  p99 {:>8}  p99.9 {:>8}  max {:>8}  errors {}  CPU µs/op client {:.1} server {:.1}  (load {})",
+        "  round {} {:<15} {:>8.0} ops/s  p50 {:>8}  p99 {:>8}  p99.9 {:>8}  max {:>8}  >20ms {:>3}  errors {}  CPU µs/op client {:.1} server {:.1}  (load {})",
         round + 1,
         kind.name(),
         s.ops_per_s,
@@ -938,6 +948,7 @@ fn report_run(kind: Kind, round: usize, out: &Outcome, cfg: &Settings) -> Stats 
         fmt_us(s.p99),
         fmt_us(s.p999),
         fmt_us(s.max),
+        s.over_20ms,
         s.errors,
         s.cpu_us_per_op,
         s.server_us_per_op,
@@ -949,7 +960,16 @@ fn report_run(kind: Kind, round: usize, out: &Outcome, cfg: &Settings) -> Stats 
     if let Some(n) = &out.note {
         println!("      {n}");
     }
-    let mut slow: Vec<&Op> = out.rec.ops.iter().collect();
+    // When the slow operations happened, warm-up included: per second since the release.
+    let secs = (cfg.warmup + Duration::from_secs(cfg.secs)).as_secs() as usize + 1;
+    let mut per_sec = vec![0usize; secs];
+    for o in out.rec.ops.iter().filter(|o| o.total_ns() > 20_000_000) {
+        per_sec[((o.start_ns / 1_000_000_000) as usize).min(secs - 1)] += 1;
+    }
+    if per_sec.iter().any(|n| *n > 0) {
+        println!("      ops > 20 ms per second since the threads started: {per_sec:?}");
+    }
+    let mut slow = counted;
     slow.sort_unstable_by_key(|o| std::cmp::Reverse(o.total_ns()));
     for o in slow.iter().take(cfg.slowest) {
         println!(
@@ -989,9 +1009,9 @@ fn summary(
     );
     println!("Median over the rounds (min–max):\n");
     println!(
-        "| pool | ops/s | p50 | p99 | p99.9 | max | max per round | errors | CPU µs/op: client | server |"
+        "| pool | ops/s | p50 | p99 | p99.9 | max | max per round | ops > 20 ms per round | errors | CPU µs/op: client | server |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---|---|---:|---:|---:|");
     for kind in &kinds {
         let runs: Vec<Stats> = results
             .iter()
@@ -1003,7 +1023,7 @@ fn summary(
         let (lo, hi) = min_max(&tput);
         let maxes: Vec<String> = runs.iter().map(|s| fmt_us(s.max)).collect();
         println!(
-            "| {} | {:.0} ({lo:.0}–{hi:.0}) | {} | {} | {} | {} | {} | {} | {:.1} | {:.1} |",
+            "| {} | {:.0} ({lo:.0}–{hi:.0}) | {} | {} | {} | {} | {} | {} | {} | {:.1} | {:.1} |",
             kind.name(),
             median(tput.clone()),
             fmt_us(median(col(|s| s.p50))),
@@ -1011,6 +1031,10 @@ fn summary(
             fmt_us(median(col(|s| s.p999))),
             fmt_us(median(col(|s| s.max))),
             maxes.join(", "),
+            runs.iter()
+                .map(|s| s.over_20ms.to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
             runs.iter().map(|s| s.errors).sum::<u64>(),
             median(col(|s| s.cpu_us_per_op)),
             median(col(|s| s.server_us_per_op))
@@ -1116,6 +1140,9 @@ fn bench_engine<E: Engine>(cfg: &Settings, writer_base: &mut i32) -> Result<(), 
                 let cpu_before = server_cpu_ns(&pids);
                 match E::run(&setup, kind, &ctx) {
                     Ok(mut out) => {
+                        // After this pool's backends have exited (and been reaped, adding
+                        // their time to their parent's).
+                        settle::<E>(&setup);
                         out.server_cpu_ns = server_cpu_ns(&pids).saturating_sub(cpu_before);
                         results.push((kind, round, report_run(kind, round, &out, cfg)));
                     }
