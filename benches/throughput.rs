@@ -5,14 +5,15 @@
 //! `test_on_check_out(false)`, and on PostgreSQL `r2d2` through pgpool-II in streaming
 //! replication mode (started by this benchmark on loopback, if installed).
 //!
-//! Run: `cargo bench --bench throughput --features testkit` (≈ 12 minutes with the defaults).
+//! Run: `cargo bench --bench throughput --features testkit` (≈ 10 minutes with the defaults).
 //!
 //! Environment:
 //! - `ENGINE` (default `all`): `postgres`, `mariadb` or `all`.
 //! - `WORKLOAD` (default `all`): `select` (`SELECT 1`), `insert` (one-row `INSERT` of the
 //!   testkit's `PgTable` / `MyTable`, autocommit) or `all`.
-//! - `POOLS` (default: all that apply): comma separated, of `mirrorpool`, `r2d2`,
-//!   `r2d2_nocheck`, `pgpool`, `pgpool_nocheck` (the last two PostgreSQL only).
+//! - `POOLS` (default: the first five that apply): comma separated, of `mirrorpool`, `r2d2`,
+//!   `r2d2_nocheck`, `pgpool`, `pgpool_nocheck` (these two PostgreSQL only) and, opt-in,
+//!   `r2d2_bare` (MariaDB only: `r2d2_nocheck` without `r2d2_mysql`'s ping on every return).
 //! - `ROUNDS` (default 3): rounds per engine and workload; each runs every pool once, the
 //!   order rotating per round.
 //! - `SECS` (default 8) and `WARMUP_MS` (default 1000): each run lasts `WARMUP_MS + SECS` from
@@ -58,15 +59,28 @@ enum Kind {
     Pgpool,
     /// r2d2 with `test_on_check_out(false)` through pgpool-II (PostgreSQL only).
     PgpoolNoCheck,
+    /// Opt-in, MariaDB only: r2d2 with `test_on_check_out(false)` and a manager whose
+    /// `has_broken` makes no round trip (r2d2_mysql's pings on every return), as
+    /// `r2d2_postgres`'s does: r2d2 with no round trip of its own, a diagnostic.
+    R2d2Bare,
 }
 
 impl Kind {
-    const ALL: [Kind; 5] = [
+    /// The default set.
+    const DEFAULT: [Kind; 5] = [
         Kind::Mirrorpool,
         Kind::R2d2,
         Kind::R2d2NoCheck,
         Kind::Pgpool,
         Kind::PgpoolNoCheck,
+    ];
+    const ALL: [Kind; 6] = [
+        Kind::Mirrorpool,
+        Kind::R2d2,
+        Kind::R2d2NoCheck,
+        Kind::Pgpool,
+        Kind::PgpoolNoCheck,
+        Kind::R2d2Bare,
     ];
 
     fn name(self) -> &'static str {
@@ -76,6 +90,7 @@ impl Kind {
             Kind::R2d2NoCheck => "r2d2_nocheck",
             Kind::Pgpool => "pgpool",
             Kind::PgpoolNoCheck => "pgpool_nocheck",
+            Kind::R2d2Bare => "r2d2_bare",
         }
     }
 
@@ -119,7 +134,7 @@ fn settings() -> Result<Settings, String> {
             .into_iter()
             .filter(|k| list.split(',').any(|p| p.trim() == k.name()))
             .collect(),
-        Err(_) => Kind::ALL.to_vec(),
+        Err(_) => Kind::DEFAULT.to_vec(),
     };
     if pools.is_empty() {
         return Err("POOLS names no known pool".into());
@@ -143,7 +158,7 @@ fn load_average() -> String {
 
 // ----- the harness, the same for every engine and pool -----
 
-/// One counted operation: checkout wait, statement and return, in ns.
+/// One operation: checkout wait, statement and return, in ns.
 #[derive(Clone, Copy, Debug)]
 struct Op {
     /// Start, ns after the threads were released.
@@ -173,8 +188,9 @@ struct Recorded {
 
 /// User + system CPU time of this process so far, ns.
 fn process_cpu_ns() -> u64 {
-    // SAFETY: getrusage fills the zeroed struct it is given.
+    // SAFETY: rusage is plain integers, for which all zeroes is a valid value.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: getrusage writes one rusage into the struct it is given.
     if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) } != 0 {
         return 0;
     }
@@ -451,7 +467,8 @@ mod pg {
         }
 
         fn supports(setup: &Setup, kind: Kind) -> bool {
-            !kind.via_pgpool() || setup.pgpool.is_some()
+            // r2d2_postgres's `has_broken` makes no round trip: r2d2_nocheck is bare already.
+            kind != Kind::R2d2Bare && (!kind.via_pgpool() || setup.pgpool.is_some())
         }
 
         fn server_pids(setup: &Setup) -> Vec<u32> {
@@ -766,6 +783,23 @@ mod my {
 
     pub struct Mariadb;
 
+    /// `r2d2_mysql`'s manager with a `has_broken` that makes no round trip.
+    struct Bare(MySqlConnectionManager);
+
+    impl r2d2::ManageConnection for Bare {
+        type Connection = Conn;
+        type Error = mysql::Error;
+        fn connect(&self) -> Result<Conn, mysql::Error> {
+            self.0.connect()
+        }
+        fn is_valid(&self, conn: &mut Conn) -> Result<(), mysql::Error> {
+            self.0.is_valid(conn)
+        }
+        fn has_broken(&self, _conn: &mut Conn) -> bool {
+            false
+        }
+    }
+
     fn op(c: &mut Conn, w: Workload, table: &MyTable, writer: i32, seq: i64) -> Result<(), String> {
         match w {
             Workload::Select => c.query_drop("SELECT 1"),
@@ -840,6 +874,23 @@ mod my {
                 });
             }
             let opts = Opts::from_url(&primary.app_url()).map_err(|e| e.to_string())?;
+            if kind == Kind::R2d2Bare {
+                let pool = r2d2_builder(false)
+                    .build(Bare(MySqlConnectionManager::new(OptsBuilder::from_opts(
+                        opts,
+                    ))))
+                    .map_err(|e| format!("building r2d2: {e}"))?;
+                let rec = drive(
+                    ctx,
+                    || pool.get().map_err(|e| e.to_string()),
+                    |g, w, writer, seq| op(g, w, table, writer, seq),
+                );
+                return Ok(Outcome {
+                    rec,
+                    note: None,
+                    server_cpu_ns: 0,
+                });
+            }
             let pool = r2d2_builder(kind == Kind::R2d2)
                 .build(MySqlConnectionManager::new(OptsBuilder::from_opts(opts)))
                 .map_err(|e| format!("building r2d2: {e}"))?;
@@ -1179,7 +1230,9 @@ fn run() -> Result<(), String> {
          \x20 mirrorpool: the crate's builder() defaults (min_idle 2, validation only after 500 ms idle), build() — primary + mirror\n\
          \x20 r2d2: r2d2 0.8 defaults (min_idle = max_size, validates every checkout) with r2d2_postgres / r2d2_mysql\n\
          \x20 r2d2_nocheck: the same with test_on_check_out(false)\n\
-         \x20 pgpool / pgpool_nocheck: r2d2 / r2d2_nocheck + r2d2_postgres through pgpool-II (streaming replication, load_balance_mode off)"
+         \x20 pgpool / pgpool_nocheck: r2d2 / r2d2_nocheck + r2d2_postgres through pgpool-II (streaming replication, load_balance_mode off)\n\
+         \x20 r2d2_bare (opt-in, MariaDB): r2d2_nocheck with a has_broken that does not ping\n\
+         CPU µs/op: this process's CPU (pool threads included) and the servers' (+ pgpool-II's) per completed operation, warm-up included"
     );
     Ok(())
 }
