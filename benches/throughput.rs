@@ -20,12 +20,16 @@
 //!   the moment the threads start (right after the pool's `build()`); only operations that
 //!   started after the warm-up count.
 //! - `SLOWEST` (default 3): how many of each run's slowest counted operations to list, with
-//!   their checkout / statement / return breakdown.
+//!   their checkout / statement / return breakdown; every run also prints how many operations
+//!   took over 20 ms in each second since the threads started (warm-up included).
+//! - `RUST_LOG=mirrorpool=debug`: the pool's log, stamped in ms since the run's threads started
+//!   (while the pool is being built: since the build started).
 //!
 //! Every pool has `max_size` 10 (both libraries' default) and connects as the testkit's
 //! least-privilege application role with no extra grant. No timed assertions.
 
 use std::io::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Barrier, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -148,6 +152,33 @@ fn settings() -> Result<Settings, String> {
         warmup: Duration::from_millis(env_num("WARMUP_MS", 1000)),
         slowest: env_num("SLOWEST", 3) as usize,
     })
+}
+
+// ----- a log stamped relative to the current run (`RUST_LOG=mirrorpool=debug`) -----
+
+/// The process's first clock reading; the current run's release is stored relative to it.
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+/// When the current run's threads were released, ns since [`epoch`].
+static RELEASED_NS: AtomicU64 = AtomicU64::new(0);
+
+fn init_log() {
+    let _ = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
+        .format(|buf, record| {
+            let now = Instant::now().saturating_duration_since(epoch()).as_nanos() as f64;
+            let ms = (now - RELEASED_NS.load(Ordering::Relaxed) as f64) / 1e6;
+            writeln!(
+                buf,
+                "[{ms:+10.3} ms] {:5} {}: {}",
+                record.level(),
+                record.target(),
+                record.args()
+            )
+        })
+        .try_init();
 }
 
 fn load_average() -> String {
@@ -275,7 +306,10 @@ where
             })
             .collect();
         let cpu_before = process_cpu_ns();
-        let _ = released.set(Instant::now());
+        let t = Instant::now();
+        let since_epoch = t.saturating_duration_since(epoch()).as_nanos() as u64;
+        RELEASED_NS.store(since_epoch, Ordering::Relaxed);
+        let _ = released.set(t);
         start.wait();
         for h in handles {
             match h.join() {
@@ -1187,6 +1221,9 @@ fn bench_engine<E: Engine>(cfg: &Settings, writer_base: &mut i32) -> Result<(), 
                     writer_base: *writer_base,
                 };
                 *writer_base += THREADS as i32;
+                // Until the threads are released, the log is stamped from the build's start.
+                let since_epoch = Instant::now().saturating_duration_since(epoch()).as_nanos();
+                RELEASED_NS.store(since_epoch as u64, Ordering::Relaxed);
                 let pids = E::server_pids(&setup);
                 let cpu_before = server_cpu_ns(&pids);
                 match E::run(&setup, kind, &ctx) {
@@ -1238,6 +1275,7 @@ fn run() -> Result<(), String> {
 }
 
 fn main() {
+    init_log();
     // `cargo bench` passes `--bench`; nothing here takes arguments.
     if let Err(e) = run() {
         eprintln!("throughput benchmark failed: {e}");
