@@ -367,19 +367,13 @@ fn wait(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
     false
 }
 
-/// With `TIMELINE_EVENTS=1`, prints every event and every failed statement in ms after `t0` (to
-/// see where time went).
+/// With `TIMELINE_EVENTS=1`, prints every event, failed statement and failed `get()` in ms after
+/// `t0` (to see where time went).
 fn dump(events: &EventLog, ledger: &Ledger, t0: Instant) {
     if std::env::var_os("TIMELINE_EVENTS").is_none() {
         return;
     }
-    let at = |t: Instant| {
-        if t >= t0 {
-            ms(t - t0)
-        } else {
-            -ms(t0 - t)
-        }
-    };
+    let at = |t: Instant| signed(Some(t), t0).unwrap_or_default();
     let mut lines: Vec<(f64, String)> = events
         .events()
         .iter()
