@@ -263,6 +263,33 @@ fn heartbeats_say_what_the_role_cannot_see_instead_of_reporting_it_as_false() {
 }
 
 #[test]
+fn a_heartbeat_connection_keeps_its_prepared_query_across_a_promotion_and_prepares_it_again_when_the_session_lost_it(
+) {
+    let pair = pair(false, Grants::all());
+    let manager = PostgresManager::new(pair.mirror().app_config(), NoTls);
+    let mut conn = manager.connect().unwrap();
+    let probe = |conn: &mut _| {
+        PostgresBackend
+            .probe(&manager, conn, Duration::from_secs(5))
+            .expect("heartbeat")
+    };
+    assert_eq!(probe(&mut conn).role(), Role::ReadOnly);
+    assert_eq!(probe(&mut conn).role(), Role::ReadOnly);
+    // The session loses its prepared statements: by the application, or by the pool's reset.
+    conn.client_mut().batch_execute("DEALLOCATE ALL").unwrap();
+    assert_eq!(probe(&mut conn).role(), Role::ReadOnly);
+    PostgresBackend.reset(&manager, &mut conn).unwrap();
+    assert_eq!(probe(&mut conn).role(), Role::ReadOnly);
+    // The statement prepared on a replica reports the promoted server as a primary.
+    PostgresBackend
+        .promote(&manager, &mut conn, Duration::from_secs(10))
+        .unwrap();
+    let promoted = probe(&mut conn);
+    assert_eq!(promoted.role(), Role::Writable, "{promoted:?}");
+    assert_eq!(promoted.epoch(), Some(2), "{promoted:?}");
+}
+
+#[test]
 fn heartbeats_tell_the_servers_of_a_pair_apart_and_recognise_one_server_reached_twice() {
     let pair = pair(false, Grants::none());
     let proxy = TcpProxy::start(([127, 0, 0, 1], pair.primary().port()).into()).unwrap();

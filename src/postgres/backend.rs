@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use postgres::error::SqlState;
 use postgres::types::PgLsn;
-use postgres::Client;
+use postgres::{Client, Statement};
 
 use super::connection::PgConnection;
 
@@ -89,11 +89,11 @@ const PROMOTE_SLACK: Duration = Duration::from_secs(1);
 
 /// Heartbeats, promotion, error classification and session reset for PostgreSQL.
 ///
-/// A heartbeat is one status query (one round trip; the first on a connection also asks who
-/// the server is): in recovery or not, read-only or not (`default_transaction_read_only`
-/// fences a primary), timeline, WAL position, streaming replicas and their replay lag (on a
-/// primary), replay lag and the state of the WAL receiver (on a replica), and whether the role
-/// may see replication state and promote.
+/// A heartbeat is one status query (one round trip on a statement prepared once per
+/// connection; the first on a connection also asks who the server is): in recovery or not,
+/// read-only or not (`default_transaction_read_only` fences a primary), timeline, WAL position,
+/// streaming replicas and their replay lag (on a primary), replay lag and the state of the WAL
+/// receiver (on a replica), and whether the role may see replication state and promote.
 ///
 /// Every call is bounded in time on a severable connection (see
 /// [`PgConnection::severable`]): a heartbeat is severed after five heartbeat timeouts (at
@@ -141,8 +141,30 @@ impl PostgresBackend {
         })
     }
 
-    fn observe(client: &mut Client) -> Result<Observation, postgres::Error> {
-        let row = client.query_one(PROBE_SQL, &[])?;
+    /// The heartbeat query on a statement prepared once per connection: the query is long
+    /// (three replication views, `pg_settings`), and planning it afresh took several times
+    /// longer than running it (one more round trip, and ms of server CPU on every heartbeat,
+    /// every 5 ms on each side during a failover). A session that lost its prepared statements
+    /// (`DISCARD ALL` or `DEALLOCATE` on a pool connection a heartbeat borrowed) prepares it
+    /// again.
+    fn observe_prepared(
+        client: &mut Client,
+        prepared: Option<Statement>,
+    ) -> Result<(Statement, Observation), postgres::Error> {
+        if let Some(statement) = prepared {
+            match PostgresBackend::observe(client, &statement) {
+                Ok(obs) => return Ok((statement, obs)),
+                Err(e) if e.code() == Some(&SqlState::INVALID_SQL_STATEMENT_NAME) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let statement = client.prepare(PROBE_SQL)?;
+        let obs = PostgresBackend::observe(client, &statement)?;
+        Ok((statement, obs))
+    }
+
+    fn observe(client: &mut Client, statement: &Statement) -> Result<Observation, postgres::Error> {
+        let row = client.query_one(statement, &[])?;
         let in_recovery: bool = row.try_get("rec")?;
         let read_only: bool = row.try_get("read_only")?;
         let role = if in_recovery || read_only {
@@ -241,10 +263,10 @@ impl<T: MakeTls> Backend<PostgresManager<T>> for PostgresBackend {
             .with_lag(LagKind::Time)
     }
 
-    /// One round trip (two more on a connection's first heartbeat, to learn who the server
-    /// is). `timeout` is not a hard cut: the monitor stops waiting after it, but a slow
-    /// server's late answer still clears its failures; the call is severed after five
-    /// timeouts (at least 1 s), when the monitor gives up on its thread.
+    /// One round trip (more on a connection's first heartbeat: it asks who the server is and
+    /// prepares the heartbeat query). `timeout` is not a hard cut: the monitor stops waiting
+    /// after it, but a slow server's late answer still clears its failures; the call is
+    /// severed after five timeouts (at least 1 s), when the monitor gives up on its thread.
     fn probe(
         &self,
         _manager: &PostgresManager<T>,
@@ -256,14 +278,17 @@ impl<T: MakeTls> Backend<PostgresManager<T>> for PostgresBackend {
             .unwrap_or(Duration::MAX)
             .max(MIN_PROBE_BOUND);
         let known = conn.identity;
-        let (identity, obs) = conn.bounded(Some(bound), "a heartbeat", |c| {
+        let prepared = conn.probe_statement.take();
+        let (identity, statement, obs) = conn.bounded(Some(bound), "a heartbeat", |c| {
             let identity = match known {
                 Some(i) => i,
                 None => PostgresBackend::identify(c)?,
             };
-            Ok((identity, PostgresBackend::observe(c)?))
+            let (statement, obs) = PostgresBackend::observe_prepared(c, prepared)?;
+            Ok((identity, statement, obs))
         })?;
         conn.identity = Some(identity);
+        conn.probe_statement = Some(statement);
         Ok(obs.with_identity(identity))
     }
 
@@ -292,6 +317,8 @@ impl<T: MakeTls> Backend<PostgresManager<T>> for PostgresBackend {
         manager: &PostgresManager<T>,
         conn: &mut PgConnection,
     ) -> Result<(), BackendError> {
+        // DISCARD ALL deallocates the heartbeat's prepared statement too.
+        conn.probe_statement = None;
         Ok(
             conn.bounded(Some(manager.reset_timeout), "a session reset", |c| {
                 c.batch_execute("DISCARD ALL")

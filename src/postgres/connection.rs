@@ -5,7 +5,7 @@ use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
 use std::time::Duration;
 
-use postgres::Client;
+use postgres::{Client, Statement};
 
 use crate::observation::Identity;
 use crate::sever::{SocketHandle, Watch};
@@ -29,6 +29,8 @@ pub struct PgConnection {
     unsettled: bool,
     /// Who the server is (asked once per connection, on its first heartbeat).
     pub(super) identity: Option<Identity>,
+    /// The heartbeat query, prepared on this connection by its first heartbeat.
+    pub(super) probe_statement: Option<Statement>,
 }
 
 impl PgConnection {
@@ -39,6 +41,7 @@ impl PgConnection {
             socket,
             unsettled: false,
             identity: None,
+            probe_statement: None,
         }
     }
 
