@@ -182,9 +182,9 @@ pub enum Blocked {
     BothDown,
     /// No side takes writes (the primary is down or read-only and the mirror is a replica).
     NoWritableSide,
-    /// No heartbeat has reported either side's role yet (the pool was just built with
-    /// `build`, or neither side has answered since): writers wait until one says it takes
-    /// writes.
+    /// No side is known to take writes, and a side that is not down has not had its role
+    /// reported by a heartbeat yet (the pool was just built, or that side answers only after
+    /// its heartbeats time out): writers wait until one says it takes writes.
     RolesUnknown,
     /// The pool is promoting this side and waits until it accepts writes.
     Promoting(Side),

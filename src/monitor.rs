@@ -357,7 +357,7 @@ impl<M: ManageConnection> Monitor<M> {
             Action::Route { active, blocked } => {
                 match &blocked {
                     // Waiting for the first heartbeats is how every pool starts.
-                    Some(b @ Blocked::RolesUnknown) => log::debug!("writers wait: {b}"),
+                    Some(b @ Blocked::RolesUnknown) => log::info!("writers wait: {b}"),
                     Some(b) => log::warn!("writers wait: {b}"),
                     None => log::info!("serving writers from the {active}"),
                 }

@@ -856,10 +856,10 @@ impl Policy {
             Some(Blocked::BothDown)
         } else if !a_down
             && self.sides[b].health != Health::Down
-            && self.known_writable(a).is_none()
-            && self.known_writable(b).is_none()
+            && (self.known_writable(a).is_none() || self.known_writable(b).is_none())
         {
-            // Not "no side accepts writes": nobody knows yet (start-up), which is no fault.
+            // Not "no side accepts writes": a live side's role is not known yet (start-up, or
+            // only late answers), so it may well take writes once a heartbeat says so.
             Some(Blocked::RolesUnknown)
         } else {
             Some(Blocked::NoWritableSide)

@@ -1264,6 +1264,13 @@ fn writers_wait_for_the_first_heartbeats_as_roles_unknown_not_as_no_writable_sid
     );
     s.run(ms(500));
     assert_eq!(s.policy.blocked(), Some(&Blocked::NoWritableSide));
+    // While a live side's role stays unknown (it answers only after its heartbeats were
+    // abandoned), it may be the one that takes writes: still unknown, not "no writable side".
+    let mut s = Sim::pg(cfg());
+    s.world[Side::Primary] = Srv::Up(Role::ReadOnly);
+    s.world[Side::Mirror] = Srv::Slow(Role::Writable, ms(120));
+    s.run(ms(2000));
+    assert_eq!(s.policy.blocked(), Some(&Blocked::RolesUnknown));
     // A primary that says it takes writes is served at once after the start.
     let mut s = Sim::pg(cfg());
     s.run(ms(500));
