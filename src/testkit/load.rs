@@ -53,6 +53,7 @@ use std::time::{Duration, Instant};
 use r2d2::ManageConnection;
 
 use super::error::TestkitError;
+use crate::error::Cause;
 use crate::{MirrorPool, PooledConnection, Side};
 
 /// Writer ids are unique across all loads of a process, so two loads on one
@@ -311,18 +312,8 @@ impl<M: ManageConnection, T: LoadTable<M>> WriterLoop<M, T> {
 
 /// `error` followed by each of its causes not already in the text, as `"error: cause"`: a
 /// driver's own message alone (PostgreSQL's `"db error"`) says little.
-fn with_causes(error: &dyn Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let more = cause.to_string();
-        if !text.contains(&more) {
-            text.push_str(": ");
-            text.push_str(&more);
-        }
-        source = cause.source();
-    }
-    text
+fn with_causes(error: &(dyn Error + 'static)) -> String {
+    Cause::capture(error).chain()
 }
 
 fn sleep(d: Duration) {
